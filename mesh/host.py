@@ -1,0 +1,145 @@
+"""The one way a service process runs: gRPC server, health, reflection, logs, migrations, graceful stop.
+
+Start-up order: logs → migrations → resources → gRPC (+ HTTP) listening → SERVING.
+Shutdown order (SIGTERM/SIGINT): NOT_SERVING → `draining` set (streams wind down) → stop accepting and
+drain in-flight RPCs for `drain_grace_s` → HTTP stopped → resources closed in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.http import HttpServer
+from mesh.logs import configure_logging
+from mesh.migrations import apply_migrations
+from mesh.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcService:
+    """A generated servicer to mount: its full proto name and the generated `add_..._to_server` function."""
+
+    full_name: str
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+    @classmethod
+    def from_generated(cls, pb2: Any, pb2_grpc: Any, service: str, servicer: object) -> GrpcService:
+        """Mount `servicer` for `service` (e.g. "StreamingService") of a generated module pair."""
+        full_name = pb2.DESCRIPTOR.services_by_name[service].full_name
+        return cls(full_name, servicer, getattr(pb2_grpc, f"add_{service}Servicer_to_server"))
+
+
+Resource = Callable[["ServiceHost"], AbstractAsyncContextManager[object]]
+
+
+@dataclass(slots=True)
+class ServiceSpec:
+    """What a service process consists of; built by `services/<name>/service.py`."""
+
+    name: str
+    settings: ServiceSettings
+    grpc_services: Sequence[GrpcService] = ()
+    http_app: Any = None
+    uses_database: bool = True
+    resources: Sequence[Resource] = field(default_factory=tuple)
+
+
+class ServiceHost:
+    """Runs a `ServiceSpec`: call `run()` in a process, or `start()`/`stop()` from tests."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.settings = spec.settings
+        self.started_at = time.time()
+        self.draining = asyncio.Event()
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
+        self._stack = AsyncExitStack()
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Bring the service up to SERVING; raises if a port cannot be bound or migrations fail."""
+        spec, settings = self.spec, self.settings
+        if spec.uses_database and settings.migrate_on_start:
+            applied = await apply_migrations(settings.database_url)
+            if applied:
+                log.info("migrations applied", extra={"versions": [m.version for m in applied]})
+        for resource in spec.resources:
+            await self._stack.enter_async_context(resource(self))
+        if spec.grpc_services:
+            await self._start_grpc()
+        if spec.http_app is not None:
+            self._http = HttpServer(spec.http_app, settings.bind_host, settings.http_port or 0)
+            await self._http.start()
+            self.http_port = self._http.port
+        log.info(
+            "serving",
+            extra={"grpc_port": self.grpc_port, "http_port": self.http_port, "version": VERSION},
+        )
+
+    async def _start_grpc(self) -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        names = [svc.full_name for svc in self.spec.grpc_services]
+        for svc in self.spec.grpc_services:
+            svc.add_to_server(svc.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"{self.spec.name}: cannot bind gRPC on {address} (port taken?)")
+        await server.start()
+        self._server, self.grpc_port = server, port
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, drain streams and in-flight RPCs, then release resources."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("draining", extra={"grace_s": self.settings.drain_grace_s})
+        await self.health.enter_graceful_shutdown()
+        self.draining.set()
+        if self._server is not None:
+            await self._server.stop(self.settings.drain_grace_s)
+        if self._http is not None:
+            await self._http.stop()
+        await self._stack.aclose()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
+        configure_logging(self.spec.name, self.settings.instance_id, self.settings.log_level)
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        try:
+            await self.start()
+            await stop_requested.wait()
+        finally:
+            try:
+                await self.stop()
+            except Exception:
+                log.exception("unclean shutdown")
+                raise

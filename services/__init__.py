@@ -1,0 +1,1 @@
+"""itsmesh processes: one package per service, plus the `itsmesh` command."""

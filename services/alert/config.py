@@ -1,0 +1,15 @@
+"""Settings of the alert service; env vars are prefixed ITSMESH_ALERT_ (infrastructure URLs are shared)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+
+class AlertSettings(ServiceSettings):
+    """Typed configuration of one alert instance."""
+
+    model_config = SettingsConfigDict(env_prefix="ITSMESH_ALERT_", extra="ignore", frozen=True)
+
+    grpc_port: int = 50053

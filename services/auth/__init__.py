@@ -1,0 +1,1 @@
+"""The auth service (gRPC 50054)."""

@@ -1,0 +1,231 @@
+"""The `itsmesh` command: run the whole system, one service, the embedded infrastructure, or migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # heavy imports stay lazy so `itsmesh --help` answers at once
+    from infrastructure.embedded import InfraPorts
+    from mesh.probe import ProbeResult
+
+app = typer.Typer(
+    help="itsmesh — gRPC streaming service mesh for traffic-camera networks and IoT fleets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class ServiceName(StrEnum):
+    """Processes `itsmesh serve` can run."""
+
+    streaming = "streaming"
+    analytics = "analytics"
+    alert = "alert"
+    auth = "auth"
+    console = "console"
+
+
+def service_endpoints() -> dict[str, tuple[str, int]]:
+    """name → (probe kind, port) for every service, from each service's own settings (env-aware)."""
+    endpoints: dict[str, tuple[str, int]] = {}
+    for name in ServiceName:
+        settings = importlib.import_module(f"services.{name.value}.service").build().settings
+        if settings.grpc_port and name is not ServiceName.console:
+            endpoints[name.value] = ("grpc", settings.grpc_port)
+        else:
+            endpoints[name.value] = ("http", settings.http_port or 0)
+    return endpoints
+
+
+DataDir = Annotated[
+    Path, typer.Option(help="Where embedded servers keep data and logs.", envvar="ITSMESH_DATA_DIR")
+]
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and a non-zero exit: how every CLI mistake ends."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+async def _wait_for_stop_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@app.command()
+def serve(name: Annotated[ServiceName, typer.Argument(help="Which service process to run.")]) -> None:
+    """Run one service in the foreground until SIGTERM/Ctrl-C (configured by env vars, see README)."""
+    from mesh.host import ServiceHost
+
+    module = importlib.import_module(f"services.{name.value}.service")
+    try:
+        asyncio.run(ServiceHost(module.build()).run())
+    except OSError as exc:
+        fail(f"{name.value}: {exc}")
+
+
+@app.command()
+def infra(data_dir: DataDir = Path(".itsmesh")) -> None:
+    """Start embedded PostgreSQL, Redis-compatible server and Kafka-protocol broker; print their URLs.
+
+    A component whose DATABASE_URL, REDIS_URL or KAFKA_BOOTSTRAP_SERVERS is set is not started.
+    Ports: ITSMESH_PG_PORT (15432), ITSMESH_REDIS_PORT (16379), ITSMESH_KAFKA_PORT (19092). Ctrl-C stops all.
+    """
+    from infrastructure.embedded import EmbeddedInfra, InfraError
+
+    async def main() -> None:
+        stop = await _wait_for_stop_signal()
+        async with EmbeddedInfra(data_dir, ports=_ports_from_env(), on_status=_progress) as urls:
+            out.print(f"DATABASE_URL={urls.database_url}", highlight=False)
+            out.print(f"REDIS_URL={urls.redis_url}", highlight=False)
+            out.print(f"KAFKA_BOOTSTRAP_SERVERS={urls.kafka_bootstrap_servers}", highlight=False)
+            out.print("[green]infrastructure ready[/] — Ctrl-C stops it")
+            await stop.wait()
+            out.print("stopping…")
+
+    try:
+        asyncio.run(main())
+    except InfraError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending SQL migrations to DATABASE_URL (TimescaleDB flavour when the extension exists)."""
+    from mesh.migrations import MigrationError, apply_migrations
+    from mesh.settings import InfraSettings
+
+    settings = InfraSettings()
+    try:
+        applied = asyncio.run(apply_migrations(settings.database_url))
+    except (MigrationError, OSError) as exc:
+        fail(f"migrate: {exc}")
+    if applied:
+        for migration in applied:
+            out.print(f"applied {migration.version:04d}_{migration.name}", highlight=False)
+    else:
+        out.print("database is up to date")
+
+
+@app.command()
+def up(data_dir: DataDir = Path(".itsmesh")) -> None:
+    """Start everything on this machine: embedded infra, migrations, every service and the console.
+
+    Prints the console URL and a status table once all serve; a service that dies is restarted with
+    backoff; Ctrl-C stops everything and leaves no process behind. Service logs: DATA_DIR/logs/.
+    """
+    from infrastructure.embedded import EmbeddedInfra, InfraError
+    from infrastructure.supervisor import Supervisor, service_children
+    from mesh.migrations import MigrationError, apply_migrations
+
+    endpoints = service_endpoints()
+
+    def on_serving(results: dict[str, ProbeResult]) -> None:
+        out.print(_status_table(results, endpoints))
+        if all(r.serving for r in results.values()):
+            console_port = endpoints["console"][1]
+            out.print(f"[bold green]all services serving[/] — console: http://127.0.0.1:{console_port}/")
+        else:
+            out.print(
+                "[yellow]not every service is serving yet; see the logs in[/] " + str(data_dir / "logs")
+            )
+
+    async def main() -> None:
+        stop = await _wait_for_stop_signal()
+        async with EmbeddedInfra(data_dir, ports=_ports_from_env(), on_status=_progress) as urls:
+            _progress("migrations", "applying")
+            applied = await apply_migrations(urls.database_url)
+            _progress("migrations", f"{len(applied)} applied")
+            env = {
+                "DATABASE_URL": urls.database_url,
+                "REDIS_URL": urls.redis_url,
+                "KAFKA_BOOTSTRAP_SERVERS": urls.kafka_bootstrap_servers,
+                **{f"ITSMESH_{name.upper()}_MIGRATE_ON_START": "false" for name in endpoints},
+            }
+            supervisor = Supervisor(service_children(endpoints), env, data_dir / "logs", _warn)
+            await supervisor.run(stop, on_serving)
+            out.print("all services stopped; stopping infrastructure…")
+
+    try:
+        asyncio.run(main())
+    except (InfraError, MigrationError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def status() -> None:
+    """Ask every service on its default port whether it is serving (grpc.health.v1 / HTTP)."""
+    from mesh.probe import probe_grpc, probe_http
+
+    endpoints = service_endpoints()
+
+    async def main() -> dict[str, ProbeResult]:
+        checks = [
+            probe_grpc(f"127.0.0.1:{port}")
+            if kind == "grpc"
+            else probe_http(f"http://127.0.0.1:{port}/healthz")
+            for kind, port in endpoints.values()
+        ]
+        return dict(zip(endpoints, await asyncio.gather(*checks), strict=True))
+
+    results = asyncio.run(main())
+    out.print(_status_table(results, endpoints))
+    if not all(r.serving for r in results.values()):
+        raise typer.Exit(code=1)
+
+
+def _status_table(results: dict[str, ProbeResult], endpoints: dict[str, tuple[str, int]]) -> Table:
+    table = Table(title="itsmesh services")
+    for column in ("service", "endpoint", "status", "latency"):
+        table.add_column(column)
+    for name, result in results.items():
+        kind, port = endpoints[name]
+        colour = "green" if result.serving else "red"
+        table.add_row(
+            name,
+            f"{kind}://127.0.0.1:{port}",
+            f"[{colour}]{result.status}[/]",
+            f"{result.latency_ms:.1f} ms" if result.serving else result.error[:60],
+        )
+    return table
+
+
+def _ports_from_env() -> InfraPorts:
+    from infrastructure.embedded import InfraPorts
+    from mesh.settings import EmbeddedPortSettings
+
+    ports = EmbeddedPortSettings()
+    return InfraPorts(postgres=ports.pg_port, redis=ports.redis_port, kafka=ports.kafka_port)
+
+
+def _progress(component: str, message: str) -> None:
+    out.print(f"[cyan]{component:>10}[/] {message}", highlight=False)
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]{message}[/]", highlight=False)
+
+
+def main() -> None:
+    """Entry point of the `itsmesh` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The console: live status, dashboard and analyst REST (HTTP 8080)."""

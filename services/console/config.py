@@ -1,0 +1,16 @@
+"""Settings of the console; env vars are prefixed ITSMESH_CONSOLE_ (infrastructure URLs are shared)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+
+class ConsoleSettings(ServiceSettings):
+    """Typed configuration of the console process."""
+
+    model_config = SettingsConfigDict(env_prefix="ITSMESH_CONSOLE_", extra="ignore", frozen=True)
+
+    http_port: int | None = 8080
+    migrate_on_start: bool = False

@@ -1,0 +1,1 @@
+"""The streaming service (gRPC 50051)."""

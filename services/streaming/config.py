@@ -1,0 +1,15 @@
+"""Settings of the streaming service; env vars are prefixed ITSMESH_STREAMING_ (infra URLs are shared)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from mesh.settings import ServiceSettings
+
+
+class StreamingSettings(ServiceSettings):
+    """Typed configuration of one streaming instance."""
+
+    model_config = SettingsConfigDict(env_prefix="ITSMESH_STREAMING_", extra="ignore", frozen=True)
+
+    grpc_port: int = 50051

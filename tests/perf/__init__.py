@@ -1,0 +1,1 @@
+"""Benchmarks: every figure is measured beside a raw baseline in the same run (`make bench`)."""
