@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from infrastructure.process import child_preexec
+from infrastructure.process import die_with_parent
 from infrastructure.restart import RestartBackoff
 from mesh.probe import ProbeResult, probe_grpc, probe_http
 
@@ -100,7 +100,8 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=child_preexec,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         finally:
             log_file.close()  # the child holds its own descriptor

@@ -104,9 +104,13 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"{self.spec.name}: cannot bind gRPC on {address} (port taken?)")
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError without the reason
+            raise OSError(
+                f"{self.spec.name}: cannot listen for gRPC on {address} — the port is taken or the address "
+                f"is not local; free it or set ITSMESH_{self.spec.name.upper()}_GRPC_PORT"
+            ) from exc
         await server.start()
         self._server, self.grpc_port = server, port
         for name in ["", *names]:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,24 +75,27 @@ def test_infra_on_a_taken_port_exits_nonzero_with_one_line_naming_the_component(
 
 
 class _Up:
-    """A running `itsmesh up` whose output is collected line by line."""
+    """A running `itsmesh up` whose output a reader thread collects line by line."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             _itsmesh("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         self.lines: list[str] = []
-        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, text: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            chunk = self.proc.stdout.read()  # type: ignore[union-attr]
-            if chunk:
-                self.lines.extend(chunk.splitlines())
             if any(text in line for line in self.lines):
                 return
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and not self._reader.is_alive():
                 break
             time.sleep(0.2)
         raise AssertionError(f"{text!r} not seen; output so far:\n" + "\n".join(self.lines))

@@ -1,0 +1,1 @@
+"""Infrastructure around the mesh: the embedded launcher, SQL migrations and deployment pieces."""
