@@ -16,7 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_wheel_carries_importable_stubs_and_migrations(tmp_path: Path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         timeout=300,
         capture_output=True,

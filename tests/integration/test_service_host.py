@@ -24,7 +24,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _settings(infra, **overrides) -> StreamingSettings:
-    values = {"database_url": infra.database_url, "bind_host": "127.0.0.1", "grpc_port": 0, "drain_grace_s": 5.0}
+    values = {
+        "database_url": infra.database_url,
+        "bind_host": "127.0.0.1",
+        "grpc_port": 0,
+        "drain_grace_s": 5.0,
+    }
     return StreamingSettings(**{**values, **overrides})
 
 
