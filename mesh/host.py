@@ -1,8 +1,8 @@
 """The one way a service process runs: gRPC server, health, reflection, logs, migrations, graceful stop.
 
-Start-up order: logs → migrations → resources → gRPC (+ HTTP) listening → SERVING.
-Shutdown order (SIGTERM/SIGINT): NOT_SERVING → `draining` set (streams wind down) → stop accepting and
-drain in-flight RPCs for `drain_grace_s` → HTTP stopped → resources closed in reverse order.
+Start-up order: logs → migrations → resources → gRPC (+ HTTP) listening → SERVING → registered.
+Shutdown order (SIGTERM/SIGINT): deregistered → NOT_SERVING → `draining` set (streams wind down) →
+stop accepting and drain in-flight RPCs for `drain_grace_s` → HTTP stopped → resources closed in reverse.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh.endpoints import Instance
 from mesh.http import HttpServer
 from mesh.logs import configure_logging
 from mesh.migrations import apply_migrations
+from mesh.registry import Registration
 from mesh.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._stack = AsyncExitStack()
+        self._registration: Registration | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -91,9 +94,27 @@ class ServiceHost:
             self._http = HttpServer(spec.http_app, settings.bind_host, settings.http_port or 0)
             await self._http.start()
             self.http_port = self._http.port
+        if self.grpc_port is not None and settings.register_in_discovery:
+            self._registration = Registration(
+                settings.redis_url, self.instance(), ttl_s=settings.registry_ttl_s
+            )
+            await self._registration.start()  # never raises for a Redis outage: it retries in the background
         log.info(
             "serving",
             extra={"grpc_port": self.grpc_port, "http_port": self.http_port, "version": VERSION},
+        )
+
+    def instance(self) -> Instance:
+        """This process as discovery lists it."""
+        settings = self.settings
+        return Instance(
+            service=self.spec.name,
+            instance_id=settings.instance_id,
+            address=f"{settings.advertise_host}:{self.grpc_port}",
+            version=VERSION,
+            zone=settings.zone,
+            started_at=self.started_at,
+            metadata={"http_port": str(self.http_port)} if self.http_port else {},
         )
 
     async def _start_grpc(self) -> None:
@@ -122,6 +143,8 @@ class ServiceHost:
             return
         self._stopped.set()
         log.info("draining", extra={"grace_s": self.settings.drain_grace_s})
+        if self._registration is not None:
+            await self._registration.stop()  # leave discovery first, so no new caller picks us while we drain
         await self.health.enter_graceful_shutdown()
         self.draining.set()
         if self._server is not None:

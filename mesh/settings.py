@@ -22,7 +22,10 @@ def _default_instance_id() -> str:
 class InfraSettings(BaseSettings):
     """Where the shared infrastructure lives; the defaults are the embedded servers of `itsmesh infra`."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_", extra="ignore", frozen=True)
+    # validate_by_name: code and tests may pass database_url=… although the env name is DATABASE_URL.
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -39,7 +42,11 @@ class InfraSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ITSMESH_KAFKA_BOOTSTRAP_SERVERS"),
         description="Comma-separated Kafka bootstrap servers.",
     )
-    data_dir: Path = Field(Path(".itsmesh"), description="Where embedded servers keep their data and logs.")
+    data_dir: Path = Field(
+        Path(".itsmesh"),
+        validation_alias=AliasChoices("ITSMESH_DATA_DIR"),
+        description="Where embedded servers keep their data and logs.",
+    )
     log_level: str = Field(
         "INFO",
         validation_alias=AliasChoices("ITSMESH_LOG_LEVEL", "LOG_LEVEL"),
@@ -60,6 +67,12 @@ class ServiceSettings(InfraSettings):
         10.0, gt=0, description="Seconds to drain in-flight RPCs and streams on SIGTERM."
     )
     migrate_on_start: bool = Field(True, description="Apply pending SQL migrations when the service starts.")
+    register_in_discovery: bool = Field(
+        True, description="Register this instance in Redis discovery while it serves."
+    )
+    registry_ttl_s: float = Field(
+        10.0, gt=0, description="Discovery lease; a silent instance leaves after it."
+    )
 
 
 class EmbeddedPortSettings(BaseSettings):

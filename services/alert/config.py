@@ -10,6 +10,8 @@ from mesh.settings import ServiceSettings
 class AlertSettings(ServiceSettings):
     """Typed configuration of one alert instance."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_ALERT_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_ALERT_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     grpc_port: int = 50053

@@ -10,6 +10,8 @@ from mesh.settings import ServiceSettings
 class AnalyticsSettings(ServiceSettings):
     """Typed configuration of one analytics instance."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_ANALYTICS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_ANALYTICS_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     grpc_port: int = 50052

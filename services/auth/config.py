@@ -10,7 +10,9 @@ from mesh.settings import ServiceSettings
 class AuthSettings(ServiceSettings):
     """Typed configuration of one auth instance."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_AUTH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_AUTH_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     grpc_port: int = 50054
     http_port: int | None = 8000

@@ -10,7 +10,9 @@ from mesh.settings import ServiceSettings
 class ConsoleSettings(ServiceSettings):
     """Typed configuration of the console process."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_CONSOLE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_CONSOLE_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     http_port: int | None = 8080
     migrate_on_start: bool = False

@@ -10,6 +10,8 @@ from mesh.settings import ServiceSettings
 class StreamingSettings(ServiceSettings):
     """Typed configuration of one streaming instance."""
 
-    model_config = SettingsConfigDict(env_prefix="ITSMESH_STREAMING_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ITSMESH_STREAMING_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     grpc_port: int = 50051

@@ -26,6 +26,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def _settings(infra, **overrides) -> StreamingSettings:
     values = {
         "database_url": infra.database_url,
+        "redis_url": infra.redis_url,
         "bind_host": "127.0.0.1",
         "grpc_port": 0,
         "drain_grace_s": 5.0,
@@ -147,7 +148,13 @@ async def test_a_taken_port_fails_start_with_a_message_naming_the_service(infra)
 
 
 async def test_auth_host_serves_rest_with_openapi_docs_and_grpc_health(infra):
-    settings = AuthSettings(database_url=infra.database_url, bind_host="127.0.0.1", grpc_port=0, http_port=0)
+    settings = AuthSettings(
+        database_url=infra.database_url,
+        redis_url=infra.redis_url,
+        bind_host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+    )
     host = ServiceHost(build_auth(settings))
     await host.start()
     try:
@@ -158,3 +165,21 @@ async def test_auth_host_serves_rest_with_openapi_docs_and_grpc_health(infra):
             assert (await client.get("/openapi.json")).json()["info"]["title"] == "itsmesh auth"
     finally:
         await host.stop()
+
+
+async def test_a_serving_host_is_registered_in_discovery_and_leaves_it_on_stop(infra):
+    from mesh.registry import list_instances, open_redis
+
+    host = ServiceHost(build_streaming(_settings(infra, migrate_on_start=False)))
+    await host.start()
+    redis = open_redis(infra.redis_url)
+    try:
+        listed = {i.instance_id: i for i in await list_instances(redis, "streaming")}
+        assert listed[host.settings.instance_id].address == f"127.0.0.1:{host.grpc_port}"
+        await host.stop()
+        assert host.settings.instance_id not in {
+            i.instance_id for i in await list_instances(redis, "streaming")
+        }
+    finally:
+        await host.stop()
+        await redis.aclose()
