@@ -8,6 +8,7 @@ import time
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from infrastructure.embedded import InfraUrls
 from mesh.host import ServiceHost
 from services.streaming.config import StreamingSettings
 from services.streaming.service import build
@@ -44,13 +45,17 @@ async def _raw_server() -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def run(quick: bool, database_url: str) -> list[BenchResult]:
+async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
     """Alternate raw and host rounds so machine noise hits both alike."""
     seconds = 1.0 if quick else 3.0
     rounds = 2 if quick else 4
     raw_server, raw_port = await _raw_server()
     settings = StreamingSettings(
-        database_url=database_url, bind_host="127.0.0.1", grpc_port=0, migrate_on_start=False
+        database_url=urls.database_url,
+        redis_url=urls.redis_url,
+        bind_host="127.0.0.1",
+        grpc_port=0,
+        migrate_on_start=False,
     )
     host = ServiceHost(build(settings))
     await host.start()

@@ -21,7 +21,7 @@ async def main(quick: bool, out_dir: Path) -> None:
             for bench in BENCHMARKS:
                 name = bench.__name__.rsplit(".", 1)[-1]
                 print(f"running {name} …", flush=True)
-                results.extend(await bench.run(quick, urls.database_url))
+                results.extend(await bench.run(quick, urls))
     json_path, md_path = write_results(results, out_dir)
     print(md_path.read_text())
     print(f"written: {json_path}, {md_path}")
