@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.endpoints import Instance
 from mesh.http import HttpServer
+from mesh.interceptors import Authenticator, configure_tracing, server_interceptors, start_metrics_server
 from mesh.logs import configure_logging
 from mesh.migrations import apply_migrations
 from mesh.registry import Registration
@@ -60,6 +61,7 @@ class ServiceSpec:
     http_app: Any = None
     uses_database: bool = True
     resources: Sequence[Resource] = field(default_factory=tuple)
+    authenticator: Authenticator | None = None
 
 
 class ServiceHost:
@@ -72,6 +74,8 @@ class ServiceHost:
         self.draining = asyncio.Event()
         self.grpc_port: int | None = None
         self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server: Any = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
@@ -94,6 +98,9 @@ class ServiceHost:
             self._http = HttpServer(spec.http_app, settings.bind_host, settings.http_port or 0)
             await self._http.start()
             self.http_port = self._http.port
+        if settings.metrics_port is not None:
+            self._metrics_server, _ = start_metrics_server(settings.metrics_port, addr=settings.bind_host)
+            self.metrics_port = int(self._metrics_server.server_port)
         if self.grpc_port is not None and settings.register_in_discovery:
             self._registration = Registration(
                 settings.redis_url, self.instance(), ttl_s=settings.registry_ttl_s
@@ -114,11 +121,20 @@ class ServiceHost:
             version=VERSION,
             zone=settings.zone,
             started_at=self.started_at,
-            metadata={"http_port": str(self.http_port)} if self.http_port else {},
+            metadata={
+                name: str(port)
+                for name, port in (("http_port", self.http_port), ("metrics_port", self.metrics_port))
+                if port
+            },
         )
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        interceptors = server_interceptors(
+            self.spec.name,
+            authenticator=self.spec.authenticator,
+            max_concurrent=self.settings.max_concurrent_rpcs,
+        )
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         names = [svc.full_name for svc in self.spec.grpc_services]
         for svc in self.spec.grpc_services:
             svc.add_to_server(svc.servicer, server)
@@ -151,12 +167,15 @@ class ServiceHost:
             await self._server.stop(self.settings.drain_grace_s)
         if self._http is not None:
             await self._http.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         await self._stack.aclose()
         log.info("stopped")
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
         configure_logging(self.spec.name, self.settings.instance_id, self.settings.log_level)
+        configure_tracing(self.spec.name, self.settings.instance_id, version=VERSION)
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from mesh.interceptors.log_context import TraceContextFilter
+
 # Attributes every LogRecord has; anything else passed via `extra=` is emitted as a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
@@ -39,6 +41,7 @@ def configure_logging(service: str, instance_id: str, level: str = "INFO") -> No
     """Route the root logger to stderr as JSON lines tagged with service and instance ids."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter({"service": service, "instance": instance_id}))
+    handler.addFilter(TraceContextFilter())  # adds trace_id/span_id of the current span
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -67,6 +67,17 @@ class ServiceSettings(InfraSettings):
         10.0, gt=0, description="Seconds to drain in-flight RPCs and streams on SIGTERM."
     )
     migrate_on_start: bool = Field(True, description="Apply pending SQL migrations when the service starts.")
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="Most RPCs (open streams included) served at once; more get RESOURCE_EXHAUSTED.",
+    )
+    metrics_port: int | None = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port (0 = any free port, registered in discovery).",
+    )
     register_in_discovery: bool = Field(
         True, description="Register this instance in Redis discovery while it serves."
     )

@@ -1,0 +1,430 @@
+"""What the interceptors share: an RPC's names, one way to wrap a handler, and how a call ended.
+
+Server side, every interceptor is a ``WrappingServerInterceptor``: it supplies one coroutine,
+``around(info, context, proceed)``, and this module turns it into a wrapped method handler for all four
+arities. ``proceed()`` runs the rest of the chain and the servicer to completion — for a streaming
+response that means until the last message is written — so a stream counts, is traced and holds its
+concurrency slot for as long as it is open. Wrapped handlers are built once per method and cached, so an
+RPC costs each interceptor a few awaits and no handler construction.
+
+Client side, ``ObservingClientInterceptor`` calls ``start`` before an RPC and the returned ``finish(code)``
+exactly once when it ends, whether the caller awaits it, iterates it, uses read/write, or cancels it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+TRequest = TypeVar("TRequest")
+TResponse = TypeVar("TResponse")
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
+Proceed: TypeAlias = Callable[[], Awaitable[Any]]
+Finish: TypeAlias = Callable[[grpc.StatusCode], None]
+
+_INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, slots=True)
+class RpcInfo:
+    """The names of one gRPC method, parsed once per method."""
+
+    path: str
+    """As gRPC puts it on the wire: ``/itsmesh.v1.StreamingService/GetCamera``."""
+    service: str
+    """Full proto service name: ``itsmesh.v1.StreamingService``."""
+    method: str
+    """Method name: ``GetCamera``."""
+    name: str
+    """``itsmesh.v1.StreamingService/GetCamera``: span name and ``method`` label of the metrics."""
+
+
+@lru_cache(maxsize=4096)
+def _parse(path: str) -> RpcInfo:
+    service, _, method = path.lstrip("/").rpartition("/")
+    return RpcInfo(
+        path=path, service=service, method=method, name=f"{service}/{method}" if service else method
+    )
+
+
+def rpc_info(path: str | bytes) -> RpcInfo:
+    """Names of the method at ``path`` (the client side hands interceptors bytes, the server side str)."""
+    return _parse(path.decode() if isinstance(path, bytes) else path)
+
+
+def is_infrastructure_method(path: str) -> bool:
+    """True for the health and reflection services, which answer without credentials or a slot."""
+    return path.startswith(_INFRASTRUCTURE_PREFIXES)
+
+
+def final_code(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    """The status an RPC ends with, given what its handler raised (``None`` if it returned)."""
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        # A handler that returns normally ends with the code it set, else OK. That includes a streaming
+        # handler whose peer cancelled: gRPC aio shows it a plain end of the request stream and offers no
+        # public way to tell the two apart afterwards. A cancel that lands while it runs raises (below).
+        code: grpc.StatusCode | None = context.code()
+        return grpc.StatusCode.OK if code is None else code
+    if isinstance(error, asyncio.CancelledError):
+        return _cancelled_code(context)
+    return grpc.StatusCode.UNKNOWN
+
+
+def _cancelled_code(context: Context) -> grpc.StatusCode:
+    remaining: float | None = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+
+def client_code(error: BaseException) -> grpc.StatusCode:
+    """The status a client-side failure stands for."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code()
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def metadata_values(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> list[str]:
+    """Every text value of ``key`` in gRPC metadata (keys are lower-case on the wire)."""
+    return [value for k, value in metadata or () if k == key and isinstance(value, str)]
+
+
+# --- server side ------------------------------------------------------------------------------------------
+
+
+async def _respond(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _stream(result: Any, context: Context) -> None:
+    """Drive a response-streaming servicer to its end, whichever of gRPC's styles it uses."""
+    if inspect.isawaitable(result):  # reader/writer style: the servicer writes through the context
+        await result
+    elif inspect.isasyncgen(result):
+        async with aclosing(result) as messages:  # closed at once on cancellation, not at GC
+            async for message in messages:
+                await context.write(message)
+    elif isinstance(result, AsyncIterable):
+        async for message in result:
+            await context.write(message)
+    elif result is not None:
+        for message in result:
+            await context.write(message)
+
+
+Around: TypeAlias = Callable[[RpcInfo, Context, Proceed], Awaitable[Any]]
+
+
+def _behaviour(handler: Handler) -> Any:
+    if handler.request_streaming:
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+
+def _is_generated_placeholder(behaviour: Any) -> bool:
+    """A method a servicer has not implemented yet: the generated base answers UNIMPLEMENTED at once."""
+    function = getattr(behaviour, "__func__", behaviour)
+    return str(getattr(function, "__module__", "")).endswith("_pb2_grpc")
+
+
+def wrap_handler(handler: Handler, info: RpcInfo, around: Around) -> Handler:
+    """A method handler that runs ``around`` the whole of ``handler``, streams included.
+
+    Only asynchronous handlers (coroutine or async-generator functions, as grpc.aio servicers have) can be
+    wrapped: a synchronous one would block the event loop, and letting it pass unwrapped would skip auth.
+    The one exception is a generated placeholder, which only sets UNIMPLEMENTED and raises.
+    """
+    behaviour = _behaviour(handler)
+    if not (
+        inspect.iscoroutinefunction(behaviour)
+        or inspect.isasyncgenfunction(behaviour)
+        or _is_generated_placeholder(behaviour)
+    ):
+        raise TypeError(f"{info.path}: mesh interceptors need an async handler, got {behaviour!r}")
+    deserializer, serializer = handler.request_deserializer, handler.response_serializer
+    if handler.request_streaming and handler.response_streaming:
+        inner_ss: Any = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: Context) -> None:
+            await around(info, context, lambda: _stream(inner_ss(requests, context), context))
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+    if handler.response_streaming:
+        inner_us: Any = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Context) -> None:
+            await around(info, context, lambda: _stream(inner_us(request, context), context))
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+    if handler.request_streaming:
+        inner_su: Any = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Context) -> Any:
+            return await around(info, context, lambda: _respond(inner_su(requests, context)))
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+    inner_uu: Any = handler.unary_unary
+
+    async def unary_unary(request: Any, context: Context) -> Any:
+        return await around(info, context, lambda: _respond(inner_uu(request, context)))
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+
+
+class WrappingServerInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
+    """A server interceptor defined by one coroutine that runs around every RPC it applies to."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def applies_to(self, path: str) -> bool:
+        """Whether RPCs to ``path`` go through ``around``; the others pass untouched."""
+        return True
+
+    @abc.abstractmethod
+    async def around(self, info: RpcInfo, context: Context, proceed: Proceed) -> Any:
+        """Run ``proceed()`` (the rest of the RPC) and return its result, doing this interceptor's job."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[TRequest, TResponse] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[TRequest, TResponse] | None:
+        handler = await continuation(handler_call_details)
+        path = handler_call_details.method
+        if handler is None or not self.applies_to(path):
+            return handler
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(handler, rpc_info(path), self.around)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+
+# --- client side ------------------------------------------------------------------------------------------
+
+
+def with_metadata(
+    details: grpc.aio.ClientCallDetails, metadata: grpc.aio.Metadata
+) -> grpc.aio.ClientCallDetails:
+    """``details`` with its metadata replaced."""
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+def copy_metadata(details: grpc.aio.ClientCallDetails) -> grpc.aio.Metadata:
+    """A copy of the call's outgoing metadata that an interceptor may add to."""
+    return grpc.aio.Metadata(*details.metadata) if details.metadata is not None else grpc.aio.Metadata()
+
+
+class ObservingClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+    abc.ABC,
+):
+    """A client interceptor that sees every call start (and may change its details) and end with a code.
+
+    A unary call is awaited in the interceptor, which the caller does anyway. For the other arities the
+    call goes back to the caller at once — the caller may be about to ``write`` to it — and a small task
+    owned by this interceptor waits for its status.
+    """
+
+    def __init__(self) -> None:
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    @abc.abstractmethod
+    def start(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Finish]:
+        """Called as a call starts: the details to send on, and the function to call with its final code."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, TRequest], Awaitable[grpc.aio.UnaryUnaryCall[TRequest, TResponse]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: TRequest,
+    ) -> TResponse | grpc.aio.UnaryUnaryCall[TRequest, TResponse]:
+        details, finish = self.start(client_call_details)
+        try:
+            call = await continuation(details, request)
+        except BaseException as exc:
+            finish(client_code(exc))
+            raise
+        try:
+            code = await call.code()
+        except asyncio.CancelledError:
+            call.cancel()  # the caller gave up while we were waiting for the status
+            finish(grpc.StatusCode.CANCELLED)
+            raise
+        finish(code)
+        return call
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, TRequest], Awaitable[grpc.aio.UnaryStreamCall[TRequest, TResponse]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: TRequest,
+    ) -> AsyncIterator[TResponse] | grpc.aio.UnaryStreamCall[TRequest, TResponse]:
+        details, finish = self.start(client_call_details)
+        try:
+            call = await continuation(details, request)
+        except BaseException as exc:
+            finish(client_code(exc))
+            raise
+        self._watch(call, finish)
+        return call
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, AsyncIterable[TRequest] | Iterable[TRequest]],
+            Awaitable[grpc.aio.StreamUnaryCall[TRequest, TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[TRequest] | Iterable[TRequest],
+    ) -> TResponse | grpc.aio.StreamUnaryCall[TRequest, TResponse]:
+        details, finish = self.start(client_call_details)
+        try:
+            call = await continuation(details, request_iterator)
+        except BaseException as exc:
+            finish(client_code(exc))
+            raise
+        self._watch(call, finish)
+        return call
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, AsyncIterable[TRequest] | Iterable[TRequest]],
+            Awaitable[grpc.aio.StreamStreamCall[TRequest, TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[TRequest] | Iterable[TRequest],
+    ) -> AsyncIterator[TResponse] | grpc.aio.StreamStreamCall[TRequest, TResponse]:
+        details, finish = self.start(client_call_details)
+        try:
+            call = await continuation(details, request_iterator)
+        except BaseException as exc:
+            finish(client_code(exc))
+            raise
+        self._watch(call, finish)
+        return call
+
+    def _watch(self, call: grpc.aio.Call, finish: Finish) -> None:
+        async def wait_for_status() -> None:
+            try:
+                code = await call.code()
+            except asyncio.CancelledError:  # only when the loop itself shuts down
+                finish(grpc.StatusCode.CANCELLED)
+                raise
+            finish(code)
+
+        task = asyncio.get_running_loop().create_task(wait_for_status())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+
+# grpc.aio's Channel files each interceptor object under the first arity it implements only (an if/elif
+# chain; grpc/grpc#31442), so a four-arity interceptor would silently skip every streaming call. Channels
+# therefore get one single-arity adapter per arity, in the chain's order.
+
+
+class _UnaryUnaryAdapter(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, inner: grpc.aio.UnaryUnaryClientInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, TRequest], Awaitable[grpc.aio.UnaryUnaryCall[TRequest, TResponse]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: TRequest,
+    ) -> TResponse | grpc.aio.UnaryUnaryCall[TRequest, TResponse]:
+        return await self.inner.intercept_unary_unary(continuation, client_call_details, request)
+
+
+class _UnaryStreamAdapter(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, inner: grpc.aio.UnaryStreamClientInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, TRequest], Awaitable[grpc.aio.UnaryStreamCall[TRequest, TResponse]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: TRequest,
+    ) -> AsyncIterator[TResponse] | grpc.aio.UnaryStreamCall[TRequest, TResponse]:
+        return await self.inner.intercept_unary_stream(continuation, client_call_details, request)
+
+
+class _StreamUnaryAdapter(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, inner: grpc.aio.StreamUnaryClientInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, AsyncIterable[TRequest] | Iterable[TRequest]],
+            Awaitable[grpc.aio.StreamUnaryCall[TRequest, TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[TRequest] | Iterable[TRequest],
+    ) -> TResponse | grpc.aio.StreamUnaryCall[TRequest, TResponse]:
+        return await self.inner.intercept_stream_unary(continuation, client_call_details, request_iterator)
+
+
+class _StreamStreamAdapter(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, inner: grpc.aio.StreamStreamClientInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, AsyncIterable[TRequest] | Iterable[TRequest]],
+            Awaitable[grpc.aio.StreamStreamCall[TRequest, TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[TRequest] | Iterable[TRequest],
+    ) -> AsyncIterator[TResponse] | grpc.aio.StreamStreamCall[TRequest, TResponse]:
+        return await self.inner.intercept_stream_stream(continuation, client_call_details, request_iterator)
+
+
+def split_by_arity(interceptors: Iterable[grpc.aio.ClientInterceptor]) -> list[grpc.aio.ClientInterceptor]:
+    """The chain as a grpc.aio channel can take it: one object per arity each interceptor handles.
+
+    Order is kept within every arity; an interceptor of a single arity is passed through as it is.
+    """
+    chain: list[grpc.aio.ClientInterceptor] = []
+    for interceptor in interceptors:
+        adapters: list[grpc.aio.ClientInterceptor] = []
+        if isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor):
+            adapters.append(_UnaryUnaryAdapter(interceptor))
+        if isinstance(interceptor, grpc.aio.UnaryStreamClientInterceptor):
+            adapters.append(_UnaryStreamAdapter(interceptor))
+        if isinstance(interceptor, grpc.aio.StreamUnaryClientInterceptor):
+            adapters.append(_StreamUnaryAdapter(interceptor))
+        if isinstance(interceptor, grpc.aio.StreamStreamClientInterceptor):
+            adapters.append(_StreamStreamAdapter(interceptor))
+        chain.extend(adapters if len(adapters) > 1 else [interceptor])
+    return chain
