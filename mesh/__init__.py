@@ -1,6 +1,31 @@
-"""The library every itsmesh service uses: settings, service host, discovery, balancing, resilience."""
+"""The library every itsmesh service uses: settings, service host, discovery, balancing, resilience.
 
+A service needs only these names; everything else in `mesh` is an implementation detail.
+"""
+
+from mesh.client import ClientConfig, MeshClient, ServicePolicy
+from mesh.endpoints import Instance
 from mesh.host import GrpcService, ServiceHost, ServiceSpec
+from mesh.interceptors import client_interceptors, current_principal, server_interceptors
+from mesh.registry import Registration, Watcher
 from mesh.settings import InfraSettings, ServiceSettings
+from mesh.status import abort_with, status_error
 
-__all__ = ["GrpcService", "InfraSettings", "ServiceHost", "ServiceSettings", "ServiceSpec"]
+__all__ = [
+    "ClientConfig",
+    "GrpcService",
+    "InfraSettings",
+    "Instance",
+    "MeshClient",
+    "Registration",
+    "ServiceHost",
+    "ServicePolicy",
+    "ServiceSettings",
+    "ServiceSpec",
+    "Watcher",
+    "abort_with",
+    "client_interceptors",
+    "current_principal",
+    "server_interceptors",
+    "status_error",
+]

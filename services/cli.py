@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `itsmesh --help` answers at once
     from infrastructure.embedded import InfraPorts
+    from mesh.inventory import InstanceReport
     from mesh.probe import ProbeResult
 
 app = typer.Typer(
@@ -135,12 +137,16 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
     from mesh.migrations import MigrationError, apply_migrations
 
     endpoints = service_endpoints()
+    auth_http_port = importlib.import_module("services.auth.config").AuthSettings().http_port
 
     def on_serving(results: dict[str, ProbeResult]) -> None:
         out.print(_status_table(results, endpoints))
         if all(r.serving for r in results.values()):
             console_port = endpoints["console"][1]
             out.print(f"[bold green]all services serving[/] — console: http://127.0.0.1:{console_port}/")
+            first_password = data_dir / "auth" / "initial-admin-password"
+            if first_password.exists():
+                out.print(f"first admin created; its one-time password is in {first_password} (mode 0600)")
         else:
             out.print(
                 "[yellow]not every service is serving yet; see the logs in[/] " + str(data_dir / "logs")
@@ -156,8 +162,11 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
                 "DATABASE_URL": urls.database_url,
                 "REDIS_URL": urls.redis_url,
                 "KAFKA_BOOTSTRAP_SERVERS": urls.kafka_bootstrap_servers,
+                "ITSMESH_DATA_DIR": str(data_dir),
                 **{f"ITSMESH_{name.upper()}_MIGRATE_ON_START": "false" for name in endpoints},
             }
+            if "ITSMESH_AUTH_URL" not in os.environ:  # services read the JWKS from wherever auth listens
+                env["ITSMESH_AUTH_URL"] = f"http://127.0.0.1:{auth_http_port}"
             supervisor = Supervisor(service_children(endpoints), env, data_dir / "logs", _warn)
             await supervisor.run(stop, on_serving)
             out.print("all services stopped; stopping infrastructure…")
@@ -169,25 +178,66 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
 
 
 @app.command()
-def status() -> None:
-    """Ask every service on its default port whether it is serving (grpc.health.v1 / HTTP)."""
-    from mesh.probe import probe_grpc, probe_http
+def status(
+    window: Annotated[
+        float, typer.Option(help="Seconds over which recent rps and error rate are measured.")
+    ] = 1.0,
+) -> None:
+    """Every registered instance: health (grpc.health.v1), breaker states its clients report, rps, error rate.
 
-    endpoints = service_endpoints()
+    Reads discovery from REDIS_URL; exits 1 when an instance is not SERVING or nothing is registered.
+    """
+    from mesh.inventory import collect_inventory
+    from mesh.registry import RegistryUnavailableError, open_redis
+    from mesh.settings import InfraSettings
 
-    async def main() -> dict[str, ProbeResult]:
-        checks = [
-            probe_grpc(f"127.0.0.1:{port}")
-            if kind == "grpc"
-            else probe_http(f"http://127.0.0.1:{port}/healthz")
-            for kind, port in endpoints.values()
-        ]
-        return dict(zip(endpoints, await asyncio.gather(*checks), strict=True))
+    async def main() -> list[InstanceReport]:
+        redis = open_redis(InfraSettings().redis_url)
+        try:
+            return await collect_inventory(redis, window_s=window)
+        finally:
+            await redis.aclose()
 
-    results = asyncio.run(main())
-    out.print(_status_table(results, endpoints))
-    if not all(r.serving for r in results.values()):
+    try:
+        reports = asyncio.run(main())
+    except RegistryUnavailableError as exc:
+        fail(f"status: discovery (Redis) is unreachable — {exc}")
+    if not reports:
+        fail("status: no instance is registered — is `itsmesh up` running, and REDIS_URL the same?")
+    out.print(_inventory_table(reports))
+    if not all(r.health.serving for r in reports):
         raise typer.Exit(code=1)
+
+
+def _inventory_table(reports: list[InstanceReport]) -> Table:
+    table = Table(title="itsmesh instances")
+    for column in (
+        "service",
+        "instance",
+        "address",
+        "health",
+        "latency",
+        "breaker",
+        "rps",
+        "errors (recent)",
+    ):
+        table.add_column(column)
+    for r in sorted(reports, key=lambda r: (r.instance.service, r.instance.instance_id)):
+        colour = "green" if r.health.serving else "red"
+        breaker = ", ".join(b.state for b in r.breakers) or "—"
+        rps = f"{r.recent.total / r.recent_window_s:.1f}" if r.recent and r.recent_window_s else "—"
+        rate = r.recent.error_rate if r.recent else None
+        table.add_row(
+            r.instance.service,
+            r.instance.instance_id,
+            r.instance.address,
+            f"[{colour}]{r.health.status}[/]",
+            f"{r.health.latency_ms:.1f} ms",
+            breaker,
+            rps,
+            "—" if rate is None else f"{rate:.1%}",
+        )
+    return table
 
 
 def _status_table(results: dict[str, ProbeResult], endpoints: dict[str, tuple[str, int]]) -> Table:

@@ -78,6 +78,7 @@ class _Up:
     """A running `itsmesh up` whose output a reader thread collects line by line."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         self.proc = subprocess.Popen(
             _itsmesh("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
@@ -128,6 +129,17 @@ def test_up_serves_everything_restarts_a_killed_service_and_ctrl_c_leaves_nothin
     for name in ("streaming", "analytics", "alert", "auth", "console"):
         assert any(name in line and "SERVING" in line for line in up.lines), name
 
+    # `itsmesh status` lists every registered instance from discovery, all SERVING
+    env = {**up.env, "REDIS_URL": f"redis://127.0.0.1:{up.env['ITSMESH_REDIS_PORT']}/0"}
+    status = subprocess.run(
+        _itsmesh("status"), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("streaming", "analytics", "alert", "auth"):
+        assert any(line.count(name) and "SERVING" in line for line in status.stdout.splitlines()), (
+            status.stdout
+        )
+
     # a service that dies is reported and comes back
     streaming = next(p for p in up.descendants() if p.cmdline()[-2:] == ["serve", "streaming"])
     streaming.kill()
@@ -153,3 +165,14 @@ def test_kill_9_of_up_leaves_no_orphan(running_up):
     running_up.proc.kill()
     running_up.proc.wait()
     assert _gone(family, timeout_s=15) == [], "children outlived a killed parent"
+
+
+def test_status_without_discovery_says_so_in_one_line(isolated_env):
+    isolated_env["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+    result = subprocess.run(
+        _itsmesh("status"), env=isolated_env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "Redis" in lines[0]

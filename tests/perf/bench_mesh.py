@@ -1,0 +1,244 @@
+"""Mesh client versus a raw grpc.aio channel to the same servers, in the same run (issue: mesh library).
+
+Figures: unary and bidi throughput at concurrency 100, added latency at a fixed 500 rps, attempts per
+request during a total outage, calls a failing endpoint receives before it leaves rotation, and how fast
+a discovery change reaches a watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from infrastructure.embedded import InfraUrls
+from itsmesh.v1 import streaming_pb2, streaming_pb2_grpc
+from mesh.client import Attempt, MeshClient
+from mesh.endpoints import Instance
+from mesh.interceptors import client_interceptors, server_interceptors
+from mesh.registry import Registration, Watcher, open_redis
+from tests.integration.mesh_instance import EchoStreaming
+from tests.perf.results import BenchResult
+
+CONCURRENCY = 100
+Call = Callable[[], Awaitable[object]]
+
+
+async def _serve(servicer: EchoStreaming) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(interceptors=server_interceptors("bench"))
+    streaming_pb2_grpc.add_StreamingServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def _closed_loop(call: Call, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    """Calls per second with `concurrency` callers back to back, and every call's latency (s)."""
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def _open_loop(call: Call, rps: float, seconds: float) -> list[float]:
+    """Latencies of calls started at a fixed rate, whatever the previous ones are doing."""
+    latencies: list[float] = []
+
+    async def one() -> None:
+        began = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - began)
+
+    tasks = []
+    started = time.perf_counter()
+    for i in range(int(rps * seconds)):
+        delay = started + i / rps - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+async def _bidi_rate(stub: streaming_pb2_grpc.StreamingServiceStub, seconds: float, streams: int) -> float:
+    """Frames acknowledged per second over `streams` concurrent ping-pong streams."""
+    stop_at = time.perf_counter() + seconds
+    counts = [0] * streams
+
+    async def one(index: int) -> None:
+        call = stub.StreamFrames()
+        await call.write(
+            streaming_pb2.StreamFramesRequest(open=streaming_pb2.OpenFrameStream(camera_id=f"c{index}"))
+        )
+        await call.read()
+        sequence = 0
+        while time.perf_counter() < stop_at:
+            sequence += 1
+            await call.write(streaming_pb2.StreamFramesRequest(frame=streaming_pb2.Frame(sequence=sequence)))
+            await call.read()
+            counts[index] += 1
+        await call.done_writing()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def _throughput(quick: bool) -> list[BenchResult]:
+    seconds = 1.5 if quick else 4.0
+    server, address = await _serve(EchoStreaming("a"))
+    request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
+    results: list[BenchResult] = []
+    try:
+        async with (
+            grpc.aio.insecure_channel(address) as raw_channel,
+            MeshClient.static(
+                {"streaming": [address]}, interceptors=client_interceptors("streaming")
+            ) as mesh,
+        ):
+            raw = streaming_pb2_grpc.StreamingServiceStub(raw_channel)
+            meshed = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
+            await raw.GetCamera(request)
+            await meshed.GetCamera(request)
+            raw_rps, raw_lat = await _closed_loop(lambda: raw.GetCamera(request), seconds, CONCURRENCY)
+            mesh_rps, mesh_lat = await _closed_loop(lambda: meshed.GetCamera(request), seconds, CONCURRENCY)
+            results.append(
+                BenchResult("mesh_unary_rps_c100", mesh_rps, "req/s", raw_rps, "raw grpc.aio", "≥ 0.9")
+            )
+            results.append(
+                BenchResult(
+                    "mesh_unary_p99_ms_c100",
+                    _pct(mesh_lat, 99),
+                    "ms",
+                    _pct(raw_lat, 99),
+                    "raw grpc.aio",
+                    "info",
+                )
+            )
+            raw_open = await _open_loop(lambda: raw.GetCamera(request), 500, seconds)
+            mesh_open = await _open_loop(lambda: meshed.GetCamera(request), 500, seconds)
+            results.append(
+                BenchResult(
+                    "mesh_p50_ms_at_500rps", _pct(mesh_open, 50), "ms", _pct(raw_open, 50), "raw", "+≤ 0.2 ms"
+                )
+            )
+            results.append(
+                BenchResult(
+                    "mesh_p99_ms_at_500rps", _pct(mesh_open, 99), "ms", _pct(raw_open, 99), "raw", "+≤ 1 ms"
+                )
+            )
+            raw_bidi = await _bidi_rate(raw, seconds, streams=20)
+            mesh_bidi = await _bidi_rate(meshed, seconds, streams=20)
+            results.append(
+                BenchResult("mesh_bidi_msgs_per_s", mesh_bidi, "msg/s", raw_bidi, "raw grpc.aio", "≥ 0.9")
+            )
+    finally:
+        await server.stop(None)
+    return results
+
+
+async def _outage(quick: bool) -> list[BenchResult]:
+    """Every instance answering UNAVAILABLE: the retry budget keeps attempts per request near 1."""
+    servicers = [EchoStreaming(f"f{i}") for i in range(2)]
+    servers = [await _serve(servicer) for servicer in servicers]
+    for servicer in servicers:
+        servicer.failing = True
+    attempts: list[Attempt] = []
+    requests = 300 if quick else 1000
+    try:
+        addresses = [address for _, address in servers]
+        async with MeshClient.static({"streaming": addresses}, on_attempt=attempts.append) as mesh:
+            stub = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
+            for _ in range(requests):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.GetCamera(streaming_pb2.GetCameraRequest(camera_id="x"), timeout=1.0)
+    finally:
+        for server, _ in servers:
+            await server.stop(None)
+    return [
+        BenchResult("outage_attempts_per_request", len(attempts) / requests, "x", 1.0, "one attempt", "≤ 1.2")
+    ]
+
+
+async def _ejection() -> list[BenchResult]:
+    """One of two instances starts failing: how many calls reach it before its breaker takes it out."""
+    healthy, broken = EchoStreaming("ok"), EchoStreaming("broken")
+    servers = [await _serve(healthy), await _serve(broken)]
+    broken_address = servers[1][1]
+    try:
+        async with MeshClient.static({"streaming": [a for _, a in servers]}) as mesh:
+            stub = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
+            for _ in range(50):  # warm both endpoints
+                await stub.GetCamera(streaming_pb2.GetCameraRequest(camera_id="w"))
+            broken.failing = True
+            before = broken.calls["GetCamera"]
+            failed_at = time.perf_counter()
+            last_hit = failed_at
+            for _ in range(400):
+                seen = broken.calls["GetCamera"]
+                await stub.GetCamera(streaming_pb2.GetCameraRequest(camera_id="x"), timeout=1.0)
+                if broken.calls["GetCamera"] > seen:
+                    last_hit = time.perf_counter()
+            hits = broken.calls["GetCamera"] - before
+    finally:
+        for server, _ in servers:
+            await server.stop(None)
+    del broken_address
+    return [
+        BenchResult("failing_endpoint_calls_before_ejection", hits, "calls", 5, "target", "≤ 5 or ≤ 1 s"),
+        BenchResult(
+            "failing_endpoint_ejected_after_ms", (last_hit - failed_at) * 1000, "ms", 1000, "target", "≤ 1000"
+        ),
+    ]
+
+
+async def _discovery(urls: InfraUrls, quick: bool) -> list[BenchResult]:
+    """Time from a registration (or deregistration) to a watcher seeing it, p99 over many changes."""
+    namespace = f"bench:{uuid.uuid4().hex[:8]}"
+    redis = open_redis(urls.redis_url)
+    watcher = Watcher(redis, ["bench"], namespace=namespace, relist_interval_s=30.0)
+    await watcher.start()
+    delays: list[float] = []
+    try:
+        for i in range(20 if quick else 60):
+            instance = Instance(service="bench", instance_id=f"i{i}", address=f"127.0.0.1:{20000 + i}")
+            registration = Registration(redis, instance, ttl_s=10.0, namespace=namespace)
+            began = time.perf_counter()
+            await registration.start()
+            await watcher.wait_for("bench", lambda eps, i=i: any(e.instance_id == f"i{i}" for e in eps), 5.0)
+            delays.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            await registration.stop()
+            await watcher.wait_for("bench", lambda eps, i=i: all(e.instance_id != f"i{i}" for e in eps), 5.0)
+            delays.append(time.perf_counter() - began)
+    finally:
+        await watcher.stop()
+        await redis.aclose()
+    return [BenchResult("discovery_change_p99_ms", _pct(delays, 99), "ms", 1000, "target", "≤ 1000")]
+
+
+async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
+    """All mesh figures; each compared with its baseline or target in the same run."""
+    return [
+        *await _throughput(quick),
+        *await _outage(quick),
+        *await _ejection(),
+        *await _discovery(urls, quick),
+    ]
