@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from mesh.settings import ServiceSettings
+from mesh.tokens import AuthClientSettings
 
 
-class AlertSettings(ServiceSettings):
+class AlertSettings(AuthClientSettings):
     """Typed configuration of one alert instance."""
 
     model_config = SettingsConfigDict(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from mesh.settings import ServiceSettings
+from mesh.tokens import AuthClientSettings
 
 
-class AnalyticsSettings(ServiceSettings):
+class AnalyticsSettings(AuthClientSettings):
     """Typed configuration of one analytics instance."""
 
     model_config = SettingsConfigDict(

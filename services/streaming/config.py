@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from mesh.settings import ServiceSettings
+from mesh.tokens import AuthClientSettings
 
 
-class StreamingSettings(ServiceSettings):
+class StreamingSettings(AuthClientSettings):
     """Typed configuration of one streaming instance."""
 
     model_config = SettingsConfigDict(

@@ -30,7 +30,7 @@ async def scratch_db(infra):
 async def test_migrations_apply_once_and_are_idempotent(scratch_db):
     first = await apply_migrations(scratch_db)
     second = await apply_migrations(scratch_db)
-    assert [m.version for m in first] == [1, 2, 3, 4]
+    assert [m.version for m in first] == [1, 2, 3, 4, 5]
     assert second == []
     conn = await asyncpg.connect(scratch_db)
     try:
@@ -39,7 +39,7 @@ async def test_migrations_apply_once_and_are_idempotent(scratch_db):
     finally:
         await conn.close()
     assert {"streaming", "analytics", "alert", "auth"} <= schemas
-    assert [r["version"] for r in recorded] == [1, 2, 3, 4]
+    assert [r["version"] for r in recorded] == [1, 2, 3, 4, 5]
 
 
 async def test_plain_postgres_rollups_answer_the_same_query_as_continuous_aggregates(scratch_db):

@@ -81,7 +81,7 @@ async def test_reflection_lists_the_service_and_health(infra):
 
 
 async def test_skeleton_rpcs_answer_unimplemented_not_internal(infra):
-    host = ServiceHost(build_streaming(_settings(infra, migrate_on_start=False)))
+    host = ServiceHost(build_streaming(_settings(infra, migrate_on_start=False, require_auth=False)))
     await host.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel:
