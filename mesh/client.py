@@ -30,7 +30,8 @@ every call (for a stream, once, when it starts), so every method keeps its usual
 Errors: every failed call raises ``grpc.aio.AioRpcError``: the server's status passed through, or a
 ``mesh.errors.MeshRpcError`` when the mesh ends the call itself: ``NoEndpointsError`` and
 ``CircuitOpenError`` (UNAVAILABLE, details naming the service and the reason) or ``MeshDeadlineExceeded``.
-Streams are not retried, and a stream that cannot start raises when it is created.
+Streams are not retried, and a stream that cannot start raises when it is created. Like a closed
+grpc.aio channel, a closed client raises a ``grpc.aio.UsageError`` (``ClientClosedError``).
 
 Defaults live in ``ServicePolicy`` (per-service behaviour) and ``ClientConfig`` (channels, Redis keys);
 ``DEFAULT_POLICY`` is the policy of any service without its own.
@@ -80,6 +81,7 @@ from mesh.errors import (
 from mesh.idempotency import is_idempotent
 from mesh.registry import DEFAULT_NAMESPACE, Watcher, open_redis
 from mesh.retry import Retrier, RetryBudget, RetryPolicy, code_name
+from mesh.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -398,17 +400,6 @@ class StaticEndpoints:
         return lambda: None
 
 
-async def _stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait until it has ended.
-
-    Cancels again while it runs on: redis-py can swallow a cancellation that lands in the middle of a
-    command (observed with redis 8.1: a task looping over ``SET`` survives about a third of cancels).
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
-
-
 def _log_failure(task: asyncio.Task[None]) -> None:
     """Done callback of background tasks: a task that died of an error says so."""
     if not task.cancelled() and task.exception() is not None:
@@ -447,7 +438,7 @@ class _BreakerPublisher:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            await _stop_task(task)
+            await stop_task(task)
         await self._flush()
 
     async def _run(self) -> None:
@@ -1240,7 +1231,8 @@ class MeshClient:
     ``endpoints`` is where instances come from (a started ``Watcher``, or ``StaticEndpoints``); ``redis``
     (client or URL) receives breaker transitions for the console, or nothing when None; ``interceptors``
     are grpc.aio client interceptors put on every endpoint channel; ``on_attempt`` is called after every
-    attempt (for metrics and tests). Use ``async with`` or call ``close()``.
+    attempt (for metrics and tests); ``rng`` seeds endpoint picking and backoff jitter. Use ``async with``
+    or call ``close()``.
     """
 
     def __init__(
@@ -1251,14 +1243,14 @@ class MeshClient:
         redis: Redis | str | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         on_attempt: AttemptHook | None = None,
-        clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._source = endpoints
         self._config = config if config is not None else ClientConfig()
         self._interceptors = tuple(interceptors)
         self._on_attempt = on_attempt
-        self._clock = clock
+        # The clock of deadlines (mesh.deadline measures on it too), breakers and latency estimates.
+        self._clock: Clock = time.monotonic
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - balancing, not security
         self._redis = open_redis(redis) if isinstance(redis, str) else redis
         self._owns_redis = isinstance(redis, str)
@@ -1348,7 +1340,7 @@ class MeshClient:
         for route in self._routes.values():
             route.closed = True
         await asyncio.gather(*(route.close(grace) for route in self._routes.values()))
-        await asyncio.gather(*(_stop_task(task) for task in list(self._tasks)))
+        await asyncio.gather(*(stop_task(task) for task in list(self._tasks)))
         if self._publisher is not None:
             await self._publisher.close()
         if self._owned_watcher is not None:

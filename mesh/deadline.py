@@ -98,12 +98,9 @@ def _wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
         return handler
 
-    # Plain functions stay plain, so the server keeps running them the way it would have.
-    def sync_handler(request: Any, context: Any) -> Any:
-        _set_from_context(context)
-        return behavior(request, context)
-
-    return sync_handler
+    # A plain function (such as a generated UNIMPLEMENTED placeholder) cannot await a mesh call, so it
+    # needs no deadline; it is returned as it is, so the interceptors around it still recognise it.
+    return behavior
 
 
 class DeadlinePropagationInterceptor(grpc.aio.ServerInterceptor):

@@ -61,6 +61,7 @@ from mesh.endpoints import (
     renewed_at,
 )
 from mesh.retry import RetryPolicy
+from mesh.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +279,7 @@ class Registration:
             return
         self._stopped = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         async with self._lock:
             instance = self._instance
             try:
@@ -519,9 +518,7 @@ class Watcher:
         """Stop watching; the last known endpoints stay readable."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         self._connected = False
         if self._owns_client:
             await self._redis.aclose()

@@ -17,10 +17,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -59,20 +58,6 @@ def camera(camera_id: str = "cam-1") -> streaming_pb2.GetCameraRequest:
     return streaming_pb2.GetCameraRequest(camera_id=camera_id)
 
 
-async def stop_firmly(stop: Coroutine[Any, Any, None], task: asyncio.Task[None] | None) -> None:
-    """Await a registry component's ``stop()``, cancelling its background ``task`` again while it runs on.
-
-    ``Watcher.stop()`` and ``Registration.stop()`` cancel their task once and wait for it, and redis-py can
-    swallow a cancellation that lands in the middle of a command.
-    """
-    stopping = asyncio.ensure_future(stop)
-    while not stopping.done():
-        await asyncio.wait({stopping}, timeout=0.2)
-        if task is not None and not task.done():
-            task.cancel()
-    await stopping
-
-
 # --- instances, clients and load --------------------------------------------------------------------------
 
 
@@ -95,7 +80,7 @@ class Member:
     async def stop(self) -> None:
         """Graceful stop as a service does it: leave discovery first, then drain."""
         if self.registration is not None:
-            await stop_firmly(self.registration.stop(), self.registration._task)
+            await self.registration.stop()
         await self.host.stop()
 
 
@@ -196,7 +181,7 @@ async def registry_client(
         yield client, watcher
     finally:
         await client.close()
-        await stop_firmly(watcher.stop(), watcher._task)
+        await watcher.stop()
 
 
 @dataclass
@@ -252,9 +237,11 @@ def failure_summary(load: Load) -> list[tuple[str, str | None]]:
 # --- the stub works for every call shape ------------------------------------------------------------------
 
 
-async def test_generated_stubs_work_unchanged_for_unary_and_streaming_methods(redis, namespace, fleet):
+async def test_generated_stubs_work_unchanged_for_unary_and_streaming_methods(infra, namespace, fleet):
     await fleet.start("a", "b", "c")
-    async with registry_client(redis, namespace, expect=3) as (mesh, _):
+    mesh = await MeshClient.from_registry(infra.redis_url, [SERVICE], namespace=namespace)
+    try:
+        assert len(mesh.endpoint_status(SERVICE)) == 3, "the first listing arrived before it returned"
         stub = mesh.stub(SERVICE, Stub)
         names = collections.Counter()
         for i in range(60):
@@ -290,6 +277,8 @@ async def test_generated_stubs_work_unchanged_for_unary_and_streaming_methods(re
         assert (await unary).camera_id == "cam-x"
         assert await unary.code() == grpc.StatusCode.OK
         assert unary.done()
+    finally:
+        await mesh.close()
 
 
 # --- failover ---------------------------------------------------------------------------------------------

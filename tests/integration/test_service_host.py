@@ -10,8 +10,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
+from itsmesh.v1 import analytics_pb2, analytics_pb2_grpc, common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.host import GrpcService, ServiceHost, ServiceSpec
+from services.analytics.config import AnalyticsSettings
+from services.analytics.service import build as build_analytics
 from services.auth.config import AuthSettings
 from services.auth.service import build as build_auth
 from services.streaming.config import StreamingSettings
@@ -81,13 +83,19 @@ async def test_reflection_lists_the_service_and_health(infra):
 
 
 async def test_skeleton_rpcs_answer_unimplemented_not_internal(infra):
-    host = ServiceHost(build_streaming(_settings(infra, migrate_on_start=False, require_auth=False)))
+    settings = AnalyticsSettings(
+        **{**_settings(infra).model_dump(include={"database_url", "redis_url", "bind_host"})},
+        grpc_port=0,
+        migrate_on_start=False,
+        require_auth=False,
+    )
+    host = ServiceHost(build_analytics(settings))
     await host.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel:
-            stub = streaming_pb2_grpc.StreamingServiceStub(channel)
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GetCamera(streaming_pb2.GetCameraRequest(camera_id="cam-1"), timeout=2)
+                await stub.GetPipelineStatus(analytics_pb2.GetPipelineStatusRequest(), timeout=2)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await host.stop()

@@ -106,17 +106,12 @@ async def test_async_generator_handlers_stay_generators_and_see_the_deadline():
     assert before + 2.9 < deadline <= time.monotonic() + 3.0
 
 
-async def test_plain_function_handlers_stay_plain():
+async def test_plain_function_handlers_are_left_untouched():
     def behaviour(request, context):
-        return time_remaining()
+        return None
 
     wrapped = await _intercept(grpc.stream_unary_rpc_method_handler(behaviour))
-    assert not inspect.iscoroutinefunction(wrapped.stream_unary)
-    seen = await asyncio.get_running_loop().run_in_executor(
-        None, wrapped.stream_unary, iter(()), _Context(1.0)
-    )
-    assert seen is not None
-    assert 0.9 < seen <= 1.0
+    assert wrapped.stream_unary is behaviour, "a placeholder must stay recognisable to the outer interceptors"
 
 
 async def test_unknown_methods_pass_through_as_none():

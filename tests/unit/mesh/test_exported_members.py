@@ -3,6 +3,12 @@
 import mesh
 
 EXPECTED = {
+    "StaticEndpoints",
+    "deadline_scope",
+    "CircuitOpenError",
+    "MeshDeadlineExceeded",
+    "MeshError",
+    "NoEndpointsError",
     "ClientConfig",
     "GrpcService",
     "InfraSettings",
