@@ -932,8 +932,10 @@ class Authority:
         await self.store.set_totp_pending(
             user.user_id, self.box.seal(secret, f"totp-pending:{user.user_id}"), expires_at
         )
+        uri = totp.otpauth_uri(secret, user.username, self.settings.totp_issuer)
         return TotpEnrollment(
-            otpauth_uri=totp.otpauth_uri(secret, user.username, self.settings.totp_issuer),
+            otpauth_uri=uri,
+            qr_png=totp.qr_png(uri),
             secret_base32=totp.secret_base32(secret),
             expires_at=expires_at,
         )

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import secrets
 import struct
 from typing import Final
 from urllib.parse import quote, urlencode
+
+import segno
 
 STEP_S: Final = 30
 DIGITS: Final = 6
@@ -98,3 +101,10 @@ def new_recovery_codes(count: int = RECOVERY_CODE_COUNT) -> list[str]:
 def normalize_recovery_code(code: str) -> str:
     """A recovery code as stored: lower case, without spaces or dashes."""
     return "".join(ch for ch in code.lower() if ch.isalnum())
+
+
+def qr_png(uri: str) -> bytes:
+    """A QR code of ``uri`` as PNG bytes, for authenticator apps that scan rather than paste."""
+    buffer = io.BytesIO()
+    segno.make(uri, error="m").save(buffer, kind="png", scale=6, border=2)
+    return buffer.getvalue()

@@ -163,6 +163,7 @@ async def test_enrollment_over_rest_returns_the_uri_and_confirm_returns_recovery
         assert enrolled.status_code == 200, enrolled.text
         body = enrolled.json()
         assert body["otpauth_uri"].startswith("otpauth://totp/itsmesh%3A")
+        assert base64.b64decode(body["qr_code_png"]).startswith(b"\x89PNG\r\n\x1a\n"), "a scannable QR PNG"
         wrong = await client.post("/auth/mfa/totp/confirm", json={"code": "12345x"}, headers=headers)
         assert wrong.status_code == 400
         code = rfc6238_code(body["secret_base32"], int(time.time()) // 30)
