@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 
 import grpc
 
@@ -26,6 +29,7 @@ from tests.integration.mesh_instance import EchoStreaming
 from tests.perf.results import BenchResult
 
 CONCURRENCY = 100
+INSTANCE_SCRIPT = Path(__file__).resolve().parents[1] / "integration" / "mesh_instance.py"
 Call = Callable[[], Awaitable[object]]
 
 
@@ -242,6 +246,46 @@ async def _discovery(urls: InfraUrls, quick: bool) -> list[BenchResult]:
     return [BenchResult("discovery_change_p99_ms", _pct(delays, 99), "ms", 1000, "target", "≤ 1000")]
 
 
+async def _spawn_instance(urls: InfraUrls, namespace: str, instance_id: str) -> asyncio.subprocess.Process:
+    """An instance in its own process (its own core), registered under `namespace`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(INSTANCE_SCRIPT),
+        urls.redis_url,
+        namespace,
+        "streaming",
+        instance_id,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+    if not line.startswith(b"ready"):
+        raise RuntimeError(f"instance {instance_id} did not start: {line!r}")
+    return proc
+
+
+async def _scale_out(urls: InfraUrls, quick: bool) -> list[BenchResult]:
+    """Throughput through the mesh with 2 instances versus 1, each instance in its own process."""
+    seconds = 1.5 if quick else 4.0
+    request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
+    rates: dict[int, float] = {}
+    for count in (1, 2):
+        namespace = f"bench:{uuid.uuid4().hex[:8]}"
+        procs = [await _spawn_instance(urls, namespace, f"s{i}") for i in range(count)]
+        try:
+            mesh = await MeshClient.from_registry(urls.redis_url, ["streaming"], namespace=namespace)
+            async with mesh:
+                stub = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
+                await stub.GetCamera(request)
+                call = partial(stub.GetCamera, request)
+                rates[count], _ = await _closed_loop(call, seconds, CONCURRENCY)
+        finally:
+            for proc in procs:
+                proc.kill()
+                await proc.wait()
+    return [BenchResult("scale_out_rps_2_vs_1_instances", rates[2], "req/s", rates[1], "1 instance", "info")]
+
+
 async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
     """All mesh figures; each compared with its baseline or target in the same run."""
     return [
@@ -249,4 +293,5 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
         *await _outage(quick),
         *await _ejection(),
         *await _discovery(urls, quick),
+        *await _scale_out(urls, quick),
     ]
