@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -25,9 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from infrastructure.embedded import require_binary
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.breaker import BreakerConfig, BreakerState
 from mesh.client import (
@@ -45,6 +42,7 @@ from mesh.registry import Registration, Watcher, open_redis
 from mesh.retry import RetryPolicy
 from mesh.settings import ServiceSettings
 from tests.integration.mesh_instance import EchoStreaming
+from tests.integration.private_valkey import PrivateValkey
 
 pytestmark = pytest.mark.integration
 
@@ -426,47 +424,6 @@ async def test_p2c_sends_at_most_a_fifth_of_the_traffic_to_an_instance_20_ms_slo
 
 
 # --- static stability -------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateValkey:
-    """A throwaway valkey-server on a free loopback port, without persistence, that a test can kill."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = directory
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            str(require_binary("redis")),
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self._directory)),
-            *("--save", "", "--appendonly", "no", "--logfile", ""),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        probe = open_redis(self.url)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(OSError, RedisError):
-                    if await probe.ping():
-                        return
-                await asyncio.sleep(0.05)
-        finally:
-            await probe.aclose()
-        raise RuntimeError("private valkey-server did not come up")
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
-        self._process = None
 
 
 async def test_calls_keep_succeeding_while_redis_is_down(namespace):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -16,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from infrastructure.embedded import require_binary
 from mesh.endpoints import NOT_SERVING, EndpointsChange, Instance, encode_record
 from mesh.registry import (
     Registration,
@@ -29,6 +25,7 @@ from mesh.registry import (
     list_services,
     open_redis,
 )
+from tests.integration.private_valkey import PrivateValkey
 
 pytestmark = pytest.mark.integration
 
@@ -243,47 +240,6 @@ async def test_console_reads_list_services_and_live_instances(client, namespace)
 
 
 # --- static stability: a private server that the test stops and starts again -------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateValkey:
-    """A throwaway valkey-server on a fixed loopback port, without persistence, that tests can kill."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = directory
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            str(require_binary("redis")),
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self._directory)),
-            *("--save", "", "--appendonly", "no", "--logfile", ""),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        probe = open_redis(self.url)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(OSError, RedisError):
-                    if await probe.ping():
-                        return
-                await asyncio.sleep(0.05)
-        finally:
-            await probe.aclose()
-        raise RuntimeError("private valkey-server did not come up")
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
-        self._process = None
 
 
 @pytest.fixture
