@@ -15,13 +15,9 @@ from collections.abc import Iterable
 from typing import ClassVar, Final
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import (  # type: ignore[import-untyped]  # googleapis-common-protos ships no py.typed
-    error_details_pb2,
-    status_pb2,
-)
 
-STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+from mesh.status import details_from_trailers
+
 """Trailing metadata key carrying a serialized ``google.rpc.Status`` with rich error details."""
 
 # What gRPC core writes into the details of a call that never reached the server because nothing
@@ -163,19 +159,5 @@ def retry_pushback(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) 
 
     Malformed details are ignored: pushback is advice, and the jittered backoff is the fallback.
     """
-    if not trailing_metadata:
-        return None
-    for key, value in trailing_metadata:
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    delay: float = info.retry_delay.ToTimedelta().total_seconds()
-                    return max(delay, 0.0)
-    return None
+    details = details_from_trailers(grpc.StatusCode.UNKNOWN, "", trailing_metadata)
+    return None if details.retry_delay_s is None else max(details.retry_delay_s, 0.0)

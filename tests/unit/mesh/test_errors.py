@@ -10,7 +10,6 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from mesh.errors import (
-    STATUS_DETAILS_KEY,
     CircuitOpenError,
     ClientClosedError,
     MeshDeadlineExceeded,
@@ -23,6 +22,7 @@ from mesh.errors import (
     is_connection_lost,
     retry_pushback,
 )
+from mesh.status import DETAILS_METADATA_KEY
 
 # Details exactly as gRPC core 1.85 words them (captured from real calls).
 REFUSED = (
@@ -122,7 +122,7 @@ def _status_trailer(*details) -> tuple[str, bytes]:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    return (STATUS_DETAILS_KEY, status.SerializeToString())
+    return (DETAILS_METADATA_KEY, status.SerializeToString())
 
 
 def test_retry_pushback_reads_retry_info_from_the_trailers():
@@ -139,7 +139,7 @@ def test_retry_pushback_reads_retry_info_from_the_trailers():
         [],
         [("x-other", "1")],
         [_status_trailer(error_details_pb2.ErrorInfo(reason="LIMIT"))],
-        [(STATUS_DETAILS_KEY, b"\xff\xff not a status")],
+        [(DETAILS_METADATA_KEY, b"\xff\xff not a status")],
     ],
 )
 def test_retry_pushback_is_none_without_valid_retry_info(trailers):
