@@ -281,6 +281,10 @@ HTTP_ROUTE_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
         "GET /audit": "audit:read",
         # console
         "GET /": "status:read",
+        "GET /api/status": "status:read",
+        "GET /api/status/stream": "status:read",
+        "GET /ws/status": "status:read",  # the WebSocket handshake
+        "GET /metrics": "health:read",  # Prometheus scrapes without a token, as on every metrics port
     }
 )
 """``"METHOD /path"`` (the route's path template) → the permission it requires."""

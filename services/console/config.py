@@ -1,13 +1,13 @@
-"""Settings of the console; env vars are prefixed ITSMESH_CONSOLE_ (infrastructure URLs are shared)."""
+"""Settings of the console; env vars are prefixed ITSMESH_CONSOLE_ (infra and auth URLs shared)."""
 
 from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from mesh.settings import ServiceSettings
+from mesh.tokens import AuthClientSettings
 
 
-class ConsoleSettings(ServiceSettings):
+class ConsoleSettings(AuthClientSettings):
     """Typed configuration of the console process."""
 
     model_config = SettingsConfigDict(

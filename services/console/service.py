@@ -1,13 +1,38 @@
-"""Assembles the console process for the service host."""
+"""Assembles the console process for the service host.
+
+Resources, started in this order and closed in reverse: token verification (when auth is on), then the
+status aggregator (one tick before the HTTP server accepts, so /api/status answers from the first request).
+"""
 
 from __future__ import annotations
 
-from mesh.host import ServiceSpec
+from contextlib import AbstractAsyncContextManager
+
+from mesh.host import ServiceHost, ServiceSpec
+from mesh.tokens import token_auth
+from services.console.aggregator import StatusAggregator
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
 
 
-def build(settings: ConsoleSettings | None = None) -> ServiceSpec:
+def build(settings: ConsoleSettings | None = None, *, interval_s: float = 1.0) -> ServiceSpec:
     """The console as the host runs it: HTTP only, no database migrations of its own."""
     settings = settings or ConsoleSettings()
-    return ServiceSpec(name="console", settings=settings, http_app=create_app(), uses_database=False)
+    authenticator, auth_resources = token_auth(settings)
+    aggregator = StatusAggregator(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        interval_s=interval_s,
+    )
+
+    def status_loop(host: ServiceHost) -> AbstractAsyncContextManager[object]:
+        return aggregator
+
+    return ServiceSpec(
+        name="console",
+        settings=settings,
+        http_app=create_app(aggregator, authenticator),
+        uses_database=False,
+        resources=(*auth_resources, status_loop),
+    )

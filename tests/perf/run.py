@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 from infrastructure.embedded import EmbeddedInfra, free_ports
-from tests.perf import bench_auth, bench_host, bench_mesh
+from tests.perf import bench_auth, bench_console, bench_host, bench_mesh
 from tests.perf.results import BenchResult, write_results
 
-BENCHMARKS = [bench_host, bench_mesh, bench_auth]
+BENCHMARKS = [bench_host, bench_mesh, bench_auth, bench_console]
 
 
 async def main(quick: bool, out_dir: Path) -> None:
