@@ -58,7 +58,7 @@ DataDir = Annotated[
 
 def fail(message: str) -> NoReturn:
     """One clear line on stderr and a non-zero exit: how every CLI mistake ends."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(code=1)
 
 
@@ -123,6 +123,33 @@ def migrate() -> None:
             out.print(f"applied {migration.version:04d}_{migration.name}", highlight=False)
     else:
         out.print("database is up to date")
+
+
+@app.command("rotate-keys")
+def rotate_keys() -> None:
+    """Rotate the auth signing key now: new tokens are signed with a new key; the old key stays in the JWKS
+    until the tokens it signed expire. Uses DATABASE_URL and ITSMESH_AUTH_SECRET_KEY like the auth service;
+    running auth instances pick the new key up within a minute. Key rotation also runs on a schedule.
+    """
+    from services.auth.authority import SYSTEM, Authority
+    from services.auth.config import AuthSettings
+    from services.auth.encryption import SecretKeyError
+    from services.auth.errors import AuthServiceError
+
+    settings = AuthSettings()
+
+    async def main() -> str:
+        async with Authority(settings).running() as authority:
+            record = await authority.rotate_signing_key(SYSTEM, settings.signing_key_bits)
+            return record.kid
+
+    try:
+        kid = asyncio.run(main())
+    except (AuthServiceError, SecretKeyError, OSError) as exc:
+        fail(f"rotate-keys: {exc}")
+    out.print(
+        f"new signing key {kid} signs from now on; previous keys stay published until their tokens expire"
+    )
 
 
 @app.command()

@@ -237,11 +237,10 @@ async def test_registering_a_taken_device_id_is_already_exists_and_bad_input_nam
 async def test_a_service_token_reaches_what_services_need(stack, service_token):
     async with grpc.aio.insecure_channel(stack.address("streaming")) as channel:
         stub = streaming_pb2_grpc.StreamingServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as listed:
-            await stub.ListCameras(
-                streaming_pb2.ListCamerasRequest(), metadata=bearer(service_token), timeout=5
-            )
-    assert listed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        reply = await stub.ListCameras(
+            streaming_pb2.ListCamerasRequest(), metadata=bearer(service_token), timeout=5
+        )
+    assert reply.total_size >= 0
 
 
 async def test_a_service_calls_another_with_a_service_token_from_its_client_credentials(stack):

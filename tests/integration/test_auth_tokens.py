@@ -39,7 +39,7 @@ async def stack(infra):
 
 
 async def _get_camera(stack, token: str) -> grpc.StatusCode:
-    """What streaming answers GetCamera with this token (UNIMPLEMENTED = authenticated and authorized)."""
+    """What streaming answers GetCamera of an unknown camera with this token (NOT_FOUND = authenticated and authorized)."""
     async with grpc.aio.insecure_channel(stack.address("streaming")) as channel:
         stub = streaming_pb2_grpc.StreamingServiceStub(channel)
         try:
@@ -117,7 +117,7 @@ async def test_login_over_form_json_and_grpc_gives_rs256_tokens_with_every_claim
         assert claims["sub"] == user_id
         assert claims["roles"] == ["operator"]
         assert claims["exp"] - claims["iat"] == body["expires_in"]
-    assert await _get_camera(stack, reply.access_token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, reply.access_token) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_wrong_password_is_invalid_credentials_on_both_fronts(stack):
@@ -165,7 +165,7 @@ async def test_refresh_rotates_and_reusing_a_rotated_token_revokes_the_whole_fam
         )
         assert third.status_code == 200
         third_body = third.json()
-        assert await _get_camera(stack, third_body["access_token"]) == grpc.StatusCode.UNIMPLEMENTED
+        assert await _get_camera(stack, third_body["access_token"]) == grpc.StatusCode.NOT_FOUND
 
         # the first refresh token was rotated: presenting it again is reuse
         reused = await client.post("/auth/refresh", data={"refresh_token": first.refresh_token})
@@ -185,7 +185,7 @@ async def test_refresh_rotates_and_reusing_a_rotated_token_revokes_the_whole_fam
 
     # an unrelated login of the same user is untouched
     other = await grpc_login(stack.auth_grpc, username)
-    assert await _get_camera(stack, other.access_token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, other.access_token) == grpc.StatusCode.NOT_FOUND
     rows = await stack.authority.store.list_audit_events(AuditQuery(target=user_id, page_size=50))
     actions = [e.action for e in rows.items]
     assert "REFRESH_TOKEN_REUSE_DETECTED" in actions
@@ -194,7 +194,7 @@ async def test_refresh_rotates_and_reusing_a_rotated_token_revokes_the_whole_fam
 
 async def test_revoking_an_access_token_takes_effect_in_other_services_even_when_cached(stack):
     token = await user_token(stack, "viewer")
-    assert await _get_camera(stack, token) == grpc.StatusCode.UNIMPLEMENTED  # now in streaming's cache
+    assert await _get_camera(stack, token) == grpc.StatusCode.NOT_FOUND  # now in streaming's cache
     async with http_client(stack) as client:
         response = await client.post("/auth/revoke", data={"token": token, "token_type_hint": "access_token"})
         assert response.status_code == 200
@@ -228,7 +228,7 @@ async def test_key_rotation_keeps_old_tokens_valid_until_their_key_retires(stack
     old_signer = await stack.authority.current_signer()
     old_token = await user_token(stack, "viewer")
     assert jwt.get_unverified_header(old_token)["kid"] == old_signer.kid
-    assert await _get_camera(stack, old_token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, old_token) == grpc.StatusCode.NOT_FOUND
     fetches_before = stack.others["streaming"].spec.authenticator.jwks_fetches
 
     admin = await user_token(stack, "admin")
@@ -250,12 +250,12 @@ async def test_key_rotation_keeps_old_tokens_valid_until_their_key_retires(stack
     # new tokens carry the new kid; streaming learns it by refetching the JWKS on the unknown kid
     new_token = await user_token(stack, "viewer")
     assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
-    assert await _get_camera(stack, new_token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, new_token) == grpc.StatusCode.NOT_FOUND
     assert stack.others["streaming"].spec.authenticator.jwks_fetches == fetches_before + 1
     # ... and the old key still verifies tokens it signed, uncached ones included
     late_old = _sign_with(stack, old_signer)
-    assert await _get_camera(stack, old_token) == grpc.StatusCode.UNIMPLEMENTED
-    assert await _get_camera(stack, late_old.token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, old_token) == grpc.StatusCode.NOT_FOUND
+    assert await _get_camera(stack, late_old.token) == grpc.StatusCode.NOT_FOUND
     async with http_client(stack) as client:
         kids = [k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]]
     assert kids[0] == new_key.kid
@@ -270,7 +270,7 @@ async def test_key_rotation_keeps_old_tokens_valid_until_their_key_retires(stack
     assert old_signer.kid not in kids
     await stack.others["streaming"].spec.authenticator.refresh_jwks()  # the periodic refresh, now
     assert await _streaming_reason(stack, _sign_with(stack, old_signer).token) == "TOKEN_UNKNOWN_KEY"
-    assert await _get_camera(stack, new_token) == grpc.StatusCode.UNIMPLEMENTED
+    assert await _get_camera(stack, new_token) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_introspection_reports_active_tokens_and_why_others_are_not(stack):

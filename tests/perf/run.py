@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 from infrastructure.embedded import EmbeddedInfra, free_ports
-from tests.perf import bench_auth, bench_console, bench_host, bench_mesh
+from tests.perf import bench_auth, bench_console, bench_host, bench_mesh, bench_streaming
 from tests.perf.results import BenchResult, write_results
 
-BENCHMARKS = [bench_host, bench_mesh, bench_auth, bench_console]
+BENCHMARKS = [bench_host, bench_mesh, bench_auth, bench_console, bench_streaming]
 
 
 async def main(quick: bool, out_dir: Path) -> None:

@@ -1,0 +1,535 @@
+"""The asyncio shell of StreamFrames: moves frames to Kafka and acks back, decisions left to AckWindow.
+
+Per stream, three owned parts run until the stream ends:
+- the reader takes requests, runs the cheap frame checks and hands each record to the producer (in
+  sequence order, so Kafka acknowledges them in that order within the camera's partition);
+- the settler waits for those acknowledgements, in order, and settles the frames in the window;
+- the writer (the handler itself) sends the acks the window says are due, after recording the new
+  high-water mark in PostgreSQL, so a frame is acknowledged only once its event is in Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+
+from itsmesh.v1 import common_pb2, events_pb2, streaming_pb2
+from mesh.events import (
+    CAMERA_DETECTIONS_TOPIC,
+    CAMERA_DLQ_TOPIC,
+    CAMERA_EVENTS_TOPIC,
+    EventPublisher,
+    PublishError,
+)
+from mesh.interceptors import current_principal
+from mesh.status import StatusError, status_error
+from services.streaming.frames import FrameLimits, Rejection, check_frame
+from services.streaming.store import CameraNotFound, CameraStore
+from services.streaming.thumbnails import INTERVAL_S, ThumbnailStore
+from services.streaming.validation import ID_PATTERN
+from services.streaming.window import Ack, AckWindow, CreditExceeded, Verdict
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Clock = Callable[[], float]
+
+EVENT_NAMESPACE: Final = uuid.UUID("6f1c1f0e-8a5e-4c2b-9a53-2f1f6f0d6a11")
+"""Namespace of the deterministic event ids: uuid5(namespace, "camera_id/sequence")."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """Per-stream limits of frame ingest."""
+
+    window_frames: int = 128
+    """Most frames a stream holds unsettled; also the initial credit."""
+    max_frame_bytes: int = 2 * 1024 * 1024
+    max_batch_frames: int = 32
+    max_dlq_payload_bytes: int = 256 * 1024
+    ack_delay_s: float = 0.002
+    reconnect_after_s: float = 1.0
+    backpressure_after_s: float = 0.5
+    """A Kafka acknowledgement slower than this turns back-pressure on (no credit) until it arrives."""
+    event_timeout_s: float = 5.0
+    """How long online/offline events may take before they are given up (logged)."""
+
+
+def detection_event_id(camera_id: str, sequence: int) -> str:
+    """The event id of a frame: the same for every publication of (camera, sequence)."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{camera_id}/{sequence}"))
+
+
+@dataclass(slots=True)
+class _Pending:
+    sequence: int
+    acked: Awaitable[None]
+    rejection: Rejection | None
+    capture_time: datetime | None
+    in_window: bool = True
+    thumbnail: streaming_pb2.LatestFrame | None = None
+
+
+class _StreamEnded(Exception):
+    """Raised into a stream that must end (taken over, camera deleted)."""
+
+    def __init__(self, error: StatusError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class FrameIngest:
+    """Serves StreamFrames for every camera streaming to this instance."""
+
+    def __init__(
+        self,
+        store: CameraStore,
+        publisher: EventPublisher,
+        instance_id: str,
+        draining: asyncio.Event,
+        limits: IngestLimits | None = None,
+        *,
+        thumbnails: ThumbnailStore | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._instance_id = instance_id
+        self._draining = draining
+        self.limits = limits or IngestLimits()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._live: dict[str, _Stream] = {}
+        self.thumbnails = thumbnails
+
+    async def end_camera(self, camera_id: str) -> None:
+        """End the live stream of a deleted camera, if this instance holds it."""
+        stream = self._live.get(camera_id)
+        if stream is not None:
+            stream.end(status_error(grpc.StatusCode.NOT_FOUND, f"camera {camera_id} was deleted"))
+
+    async def serve(
+        self, requests: AsyncIterator[streaming_pb2.StreamFramesRequest], context: Context
+    ) -> None:
+        """Run one StreamFrames call to its end; raises StatusError for the stream errors of the contract."""
+        iterator = aiter(requests)
+        first = await anext(iterator, None)
+        if first is None or first.WhichOneof("message") != "open":
+            raise status_error(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of a frame stream must be `open`",
+                field_violations={"open": "required as the first message"},
+            )
+        opening = first.open
+        camera_id = opening.camera_id
+        if not ID_PATTERN.match(camera_id):
+            raise status_error(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid open.camera_id",
+                field_violations={"open.camera_id": "1-63 characters of [a-z0-9._-]"},
+            )
+        principal = current_principal()
+        if principal is not None and principal.kind == "device" and principal.subject != camera_id:
+            raise status_error(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this device token may not stream for camera {camera_id}",
+                reason="DEVICE_MISMATCH",
+            )
+        try:
+            camera = await self._store.get(camera_id)
+        except CameraNotFound:
+            raise status_error(
+                grpc.StatusCode.NOT_FOUND, f"camera {camera_id} is not registered", reason="CAMERA_NOT_FOUND"
+            ) from None
+        if camera.disabled:
+            raise status_error(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"camera {camera_id} is disabled",
+                reason="CAMERA_DISABLED",
+            )
+        if self._draining.is_set():
+            raise status_error(
+                grpc.StatusCode.UNAVAILABLE, "this instance is shutting down", retry_delay_s=1.0
+            )
+        existing = self._live.get(camera_id)
+        if existing is not None:
+            if not opening.take_over:
+                raise status_error(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"camera {camera_id} already has a live stream; set take_over to replace it",
+                    reason="STREAM_EXISTS",
+                )
+            existing.end(
+                status_error(grpc.StatusCode.ABORTED, "taken over by a newer stream", reason="TAKEN_OVER")
+            )
+            try:
+                async with asyncio.timeout(self.limits.event_timeout_s):
+                    await existing.finished.wait()  # its in-flight frames are settled and recorded first
+            except TimeoutError:
+                log.warning("taken-over stream did not finish in time", extra={"camera_id": camera_id})
+        stream = _Stream(self, camera, opening, context)
+        self._live[camera_id] = stream
+        try:
+            await stream.run(iterator)
+        finally:
+            if self._live.get(camera_id) is stream:
+                del self._live[camera_id]
+
+    async def publish_camera_event(self, camera: common_pb2.Camera, **kind: Message) -> None:
+        """Publish a CameraEvent (online/offline); failures are logged, never raised."""
+        event = events_pb2.CameraEvent(
+            event_id=str(uuid.uuid4()),
+            camera_id=camera.camera_id,
+            instance_id=self._instance_id,
+            camera_labels=dict(camera.labels),
+            **kind,  # type: ignore[arg-type]
+        )
+        event.event_time.FromDatetime(datetime.now(UTC))
+        try:
+            async with asyncio.timeout(self.limits.event_timeout_s):
+                await self._publisher.publish_and_wait(CAMERA_EVENTS_TOPIC, camera.camera_id, event)
+        except (PublishError, TimeoutError) as exc:
+            log.warning(
+                "camera event not published", extra={"camera_id": camera.camera_id, "error": str(exc)}
+            )
+
+
+class _Stream:
+    """One open frame stream."""
+
+    def __init__(
+        self,
+        ingest: FrameIngest,
+        camera: common_pb2.Camera,
+        opening: streaming_pb2.OpenFrameStream,
+        context: Context,
+    ) -> None:
+        self._ingest = ingest
+        self._camera = camera
+        self._opening = opening
+        self._context = context
+        self.stream_id = str(uuid.uuid4())
+        limits = ingest.limits
+        self._limits = limits
+        self._frame_limits = FrameLimits(
+            width_px=camera.resolution.width_px,
+            height_px=camera.resolution.height_px,
+            max_frame_bytes=limits.max_frame_bytes,
+        )
+        self.window = AckWindow(window=limits.window_frames, ack_delay_s=limits.ack_delay_s)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._ended: StatusError | None = None
+        self._previous_capture_s: float | None = None
+        self._settled_capture: dict[int, datetime | None] = {}
+        self._last_durable_capture: datetime | None = None
+        self._durable = 0
+        self._reader_done = False
+        self.finished = asyncio.Event()
+        self._next_thumbnail_at = float("-inf")
+
+    def end(self, error: StatusError) -> None:
+        """Make the stream end with ``error`` (taken over, camera deleted)."""
+        self._ended = error
+        self._changed.set()
+
+    async def run(self, requests: AsyncIterator[streaming_pb2.StreamFramesRequest]) -> None:
+        ingest, camera, clock = self._ingest, self._camera, self._ingest._clock
+        durable, last_capture = await ingest._store.acked_through(camera.camera_id)
+        if last_capture is not None:
+            self._previous_capture_s = last_capture.timestamp()
+        self._last_durable_capture, self._durable = last_capture, durable
+        credit = self.window.open(durable, clock())
+        await self._context.write(
+            streaming_pb2.StreamFramesResponse(
+                opened=streaming_pb2.FrameStreamOpened(
+                    stream_id=self.stream_id,
+                    acked_through_sequence=durable,
+                    initial_credit=credit,
+                    max_frame_bytes=self._limits.max_frame_bytes,
+                    max_batch_frames=self._limits.max_batch_frames,
+                    expected_resolution=camera.resolution,
+                    instance_id=ingest._instance_id,
+                )
+            )
+        )
+        await ingest.publish_camera_event(
+            camera,
+            online=events_pb2.CameraOnline(
+                stream_id=self.stream_id,
+                peer=self._context.peer() or "",
+                acked_through_sequence=durable,
+                client_version=self._opening.client_version,
+            ),
+        )
+        detail = "stream ended"
+        reader = asyncio.create_task(self._read(requests), name=f"frames-reader-{self.stream_id}")
+        settler = asyncio.create_task(self._settle(), name=f"frames-settler-{self.stream_id}")
+        drain_wait = asyncio.create_task(ingest._draining.wait(), name=f"frames-drain-{self.stream_id}")
+        drain_wait.add_done_callback(lambda _: self._changed.set())
+        try:
+            detail = await self._write(reader, settler, drain_wait)
+        except StatusError as error:
+            detail = error.message
+            raise
+        finally:
+            for task in (reader, settler, drain_wait):
+                task.cancel()
+            await asyncio.gather(reader, settler, drain_wait, return_exceptions=True)
+            self.window.close()
+            offline = events_pb2.CameraOffline(
+                stream_id=self.stream_id, acked_through_sequence=self._durable, detail=detail
+            )
+            if self._last_durable_capture is not None:
+                offline.last_frame_time.FromDatetime(self._last_durable_capture)
+            self.finished.set()
+            await ingest.publish_camera_event(camera, offline=offline)
+
+    async def _write(
+        self, reader: asyncio.Task[None], settler: asyncio.Task[None], drain: asyncio.Task[Any]
+    ) -> str:
+        """Send due acks until the stream ends; returns why it ended."""
+        window, clock = self.window, self._ingest._clock
+        draining_sent = False
+        while True:
+            self._changed.clear()  # before looking, so a change made while we look wakes the wait below
+            if self._ended is not None:
+                # Taken over or deleted: read nothing more, but settle and record what is in flight so
+                # the next stream starts from a high-water mark that covers every published frame.
+                reader.cancel()
+                if self._queue.empty() and not window.in_flight:
+                    ack = window.take_ack(clock(), force=True)
+                    if ack is not None:
+                        await self._send(ack)
+                    raise self._ended
+            for task in (reader, settler):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    error = task.exception()
+                    assert error is not None
+                    raise error
+            if drain.done() and not draining_sent:
+                window.drain(clock())
+                draining_sent = True
+                await self._context.write(
+                    streaming_pb2.StreamFramesResponse(
+                        draining=streaming_pb2.StreamDraining(
+                            reason="shutdown", reconnect_after=_duration(self._limits.reconnect_after_s)
+                        )
+                    )
+                )
+            finished = (self._reader_done or draining_sent) and self._queue.empty() and not window.in_flight
+            ack = window.take_ack(clock(), force=finished)
+            if ack is not None:
+                await self._send(ack)
+                continue
+            if finished:
+                if self._ended is not None:
+                    raise self._ended
+                return "drained" if draining_sent else "closed by the camera"
+            deadline = window.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - clock())
+            if timeout is None or timeout > 0:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+
+    async def _send(self, ack: Ack) -> None:
+        if ack.acked_through > self._durable:
+            settled = [s for s in self._settled_capture if s <= ack.acked_through]
+            capture = self._settled_capture[max(settled)] if settled else self._last_durable_capture
+            # Written before the ack leaves: a frame the camera saw acknowledged is never republished.
+            await self._ingest._store.advance(self._camera.camera_id, ack.acked_through, capture)
+            for sequence in settled:
+                del self._settled_capture[sequence]
+            self._last_durable_capture, self._durable = capture, ack.acked_through
+        await self._context.write(
+            streaming_pb2.StreamFramesResponse(
+                ack=streaming_pb2.FrameAck(
+                    acked_through_sequence=ack.acked_through,
+                    rejections=[
+                        streaming_pb2.FrameRejection(sequence=s, reason=r, detail=d)  # type: ignore[arg-type]
+                        for s, r, d in ack.rejections
+                    ],
+                    duplicate_sequences=ack.duplicates,
+                    credit_grant=ack.credit_grant,
+                    backpressure=ack.backpressure,
+                )
+            )
+        )
+
+    async def _read(self, requests: AsyncIterator[streaming_pb2.StreamFramesRequest]) -> None:
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "frame":
+                    await self._take(request.frame)
+                elif kind == "batch":
+                    frames = request.batch.frames
+                    if len(frames) > self._limits.max_batch_frames:
+                        raise status_error(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"a batch holds at most {self._limits.max_batch_frames} frames, "
+                            f"got {len(frames)}",
+                            reason="BATCH_TOO_LARGE",
+                        )
+                    for frame in frames:
+                        await self._take(frame)
+                else:
+                    raise status_error(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "`open` may be sent only once; then frames or batches",
+                        field_violations={"message": f"unexpected {kind or 'empty message'}"},
+                    )
+                self._changed.set()
+        finally:
+            self._reader_done = True
+            self._changed.set()
+
+    async def _take(self, frame: streaming_pb2.Frame) -> None:
+        window, ingest = self.window, self._ingest
+        now = ingest._clock()
+        try:
+            verdict = window.receive(frame.sequence, now)
+        except CreditExceeded as exc:
+            raise status_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; wait for credit", reason="CREDIT_EXCEEDED"
+            ) from None
+        if verdict is Verdict.DUPLICATE:
+            return
+        if verdict is Verdict.OUT_OF_ORDER:
+            rejection = Rejection(
+                common_pb2.FRAME_REJECT_REASON_SEQUENCE_OUT_OF_ORDER,
+                f"sequence {frame.sequence} is not above {window.received_through}",
+                "sequence",
+            )
+            window.reject_unpublished(frame.sequence, rejection.reason, rejection.detail, now)
+            acked = await self._dead_letter(frame, rejection)
+            self._queue.put_nowait(_Pending(frame.sequence, acked, rejection, None, in_window=False))
+            return
+        checked = check_frame(frame, self._frame_limits, ingest._wall_clock(), self._previous_capture_s)
+        if isinstance(checked, Rejection):
+            acked = await self._dead_letter(frame, checked)
+            self._queue.put_nowait(_Pending(frame.sequence, acked, checked, None))
+            return
+        self._previous_capture_s = frame.capture_time.seconds + frame.capture_time.nanos / 1e9
+        event = events_pb2.CameraDetectionEvent(
+            event_id=detection_event_id(self._camera.camera_id, frame.sequence),
+            camera_id=self._camera.camera_id,
+            sequence=frame.sequence,
+            capture_time=frame.capture_time,
+            frame_size=common_pb2.ImageSize(width_px=checked.width_px, height_px=checked.height_px),
+            jpeg_size_bytes=len(frame.jpeg),
+            detections=frame.detections,
+            detection_source=(
+                common_pb2.DETECTION_SOURCE_EDGE
+                if frame.has_edge_detections
+                else common_pb2.DETECTION_SOURCE_NONE
+            ),
+            quality=common_pb2.FrameQuality(sampled=False),
+            camera_config_version=self._camera.config_version,
+            stream_id=self.stream_id,
+            instance_id=ingest._instance_id,
+        )
+        event.receive_time.FromDatetime(datetime.now(UTC))
+        acked = await self._publish(CAMERA_DETECTIONS_TOPIC, event)
+        thumbnail = None
+        if ingest.thumbnails is not None and now >= self._next_thumbnail_at:
+            self._next_thumbnail_at = now + INTERVAL_S
+            thumbnail = streaming_pb2.LatestFrame(
+                camera_id=event.camera_id,
+                sequence=event.sequence,
+                capture_time=event.capture_time,
+                jpeg=frame.jpeg,
+                frame_size=event.frame_size,
+                detections=event.detections,
+                detection_source=event.detection_source,
+                quality=event.quality,
+            )
+        self._queue.put_nowait(
+            _Pending(frame.sequence, acked, None, frame.capture_time.ToDatetime(UTC), thumbnail=thumbnail)
+        )
+
+    async def _dead_letter(self, frame: streaming_pb2.Frame, rejection: Rejection) -> Awaitable[None]:
+        payload = frame.SerializeToString()
+        limit = self._limits.max_dlq_payload_bytes
+        letter = events_pb2.DeadLetter(
+            event_id=str(uuid.uuid4()),
+            source=events_pb2.DEAD_LETTER_SOURCE_CAMERA_FRAME,
+            source_id=self._camera.camera_id,
+            sequence=frame.sequence,
+            frame_reject_reason=rejection.reason,
+            reason_detail=rejection.detail,
+            field=rejection.field,
+            payload=payload[:limit],
+            payload_type=streaming_pb2.Frame.DESCRIPTOR.full_name,
+            payload_truncated=len(payload) > limit,
+            payload_size_bytes=len(payload),
+            stream_id=self.stream_id,
+            peer=self._context.peer() or "",
+            instance_id=self._ingest._instance_id,
+        )
+        letter.reject_time.FromDatetime(datetime.now(UTC))
+        return await self._publish(CAMERA_DLQ_TOPIC, letter)
+
+    async def _publish(self, topic: str, message: Message) -> Awaitable[None]:
+        try:
+            return await self._ingest._publisher.publish(topic, self._camera.camera_id, message)
+        except PublishError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _settle(self) -> None:
+        window, clock = self.window, self._ingest._clock
+        while True:
+            pending = await self._queue.get()
+            acked = asyncio.ensure_future(pending.acked)
+            try:
+                done, _ = await asyncio.wait({acked}, timeout=self._limits.backpressure_after_s)
+                if not done:  # Kafka is slow: withhold credit until it answers again
+                    window.set_backpressure(True, clock())
+                    self._changed.set()
+                    await acked
+                    window.set_backpressure(False, clock())
+                acked.result()
+            except PublishError as exc:
+                raise _unavailable(exc) from exc
+            finally:
+                acked.cancel()
+            if pending.in_window:
+                reason = (
+                    None
+                    if pending.rejection is None
+                    else (int(pending.rejection.reason), pending.rejection.detail)
+                )
+                window.settle(pending.sequence, clock(), reason)
+                if pending.capture_time is not None:
+                    self._settled_capture[pending.sequence] = pending.capture_time
+            if pending.thumbnail is not None and self._ingest.thumbnails is not None:
+                await self._ingest.thumbnails.put(pending.thumbnail)  # only frames Kafka has
+            self._changed.set()
+
+
+def _unavailable(exc: Exception) -> StatusError:
+    return status_error(
+        grpc.StatusCode.UNAVAILABLE,
+        f"Kafka did not acknowledge: {exc}; reconnect and resume",
+        retry_delay_s=1.0,
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value

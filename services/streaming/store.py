@@ -1,0 +1,179 @@
+"""The streaming service's SQL (schema `streaming`): camera registry and durable frame progress."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from itsmesh.v1 import common_pb2
+
+
+class CameraExists(Exception):
+    """A camera with this id is already registered."""
+
+
+class CameraNotFound(Exception):
+    """No camera with this id."""
+
+
+class StaleEtag(Exception):
+    """The etag sent is not the camera's current one."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraPage:
+    """One page of cameras, ordered by camera_id."""
+
+    cameras: list[common_pb2.Camera]
+    next_after: str | None
+    total: int
+
+
+def _camera(row: asyncpg.Record) -> common_pb2.Camera:
+    camera = common_pb2.Camera.FromString(row["config"])
+    camera.config_version = row["config_version"]
+    camera.etag = row["etag"]
+    camera.create_time.FromDatetime(row["created_at"])
+    camera.update_time.FromDatetime(row["updated_at"])
+    return camera
+
+
+def _config(camera: common_pb2.Camera) -> bytes:
+    stored = common_pb2.Camera()
+    stored.CopyFrom(camera)
+    for output_only in ("create_time", "update_time", "config_version", "etag"):
+        stored.ClearField(output_only)
+    return stored.SerializeToString(deterministic=True)
+
+
+class CameraStore:
+    """Cameras and frame progress in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, camera: common_pb2.Camera) -> common_pb2.Camera:
+        """Insert a new camera; raises CameraExists."""
+        try:
+            row = await self._pool.fetchrow(
+                """
+                INSERT INTO streaming.cameras (camera_id, config, labels, disabled, etag)
+                VALUES ($1, $2, $3::jsonb, $4, $5)
+                RETURNING *
+                """,
+                camera.camera_id,
+                _config(camera),
+                json.dumps(dict(camera.labels)),
+                camera.disabled,
+                uuid.uuid4().hex,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise CameraExists(camera.camera_id) from exc
+        assert row is not None  # INSERT … RETURNING always returns the row
+        return _camera(row)
+
+    async def get(self, camera_id: str) -> common_pb2.Camera:
+        """One camera; raises CameraNotFound."""
+        row = await self._pool.fetchrow("SELECT * FROM streaming.cameras WHERE camera_id = $1", camera_id)
+        if row is None:
+            raise CameraNotFound(camera_id)
+        return _camera(row)
+
+    async def replace(self, camera: common_pb2.Camera, etag: str) -> common_pb2.Camera:
+        """Store a new configuration if `etag` (when non-empty) is current; bumps the config version."""
+        row = await self._pool.fetchrow(
+            """
+            UPDATE streaming.cameras
+               SET config = $2, labels = $3::jsonb, disabled = $4, etag = $5,
+                   config_version = config_version + 1, updated_at = now()
+             WHERE camera_id = $1 AND ($6 = '' OR etag = $6)
+            RETURNING *
+            """,
+            camera.camera_id,
+            _config(camera),
+            json.dumps(dict(camera.labels)),
+            camera.disabled,
+            uuid.uuid4().hex,
+            etag,
+        )
+        if row is None:
+            await self.get(camera.camera_id)  # raises CameraNotFound when it is gone
+            raise StaleEtag(camera.camera_id)
+        return _camera(row)
+
+    async def delete(self, camera_id: str, etag: str) -> common_pb2.Camera:
+        """Delete a camera and its frame progress; returns its last configuration."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "DELETE FROM streaming.cameras WHERE camera_id = $1 AND ($2 = '' OR etag = $2) RETURNING *",
+                camera_id,
+                etag,
+            )
+            if row is None:
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM streaming.cameras WHERE camera_id = $1", camera_id
+                )
+                raise StaleEtag(camera_id) if exists else CameraNotFound(camera_id)
+            await conn.execute("DELETE FROM streaming.frame_progress WHERE camera_id = $1", camera_id)
+        return _camera(row)
+
+    async def list(
+        self, *, after: str, limit: int, labels: Mapping[str, str], include_disabled: bool
+    ) -> CameraPage:
+        """Cameras with id > `after` matching the filters, at most `limit` of them."""
+        args = (json.dumps(dict(labels)), include_disabled)
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM streaming.cameras
+             WHERE labels @> $1::jsonb AND ($2 OR NOT disabled) AND camera_id > $3
+             ORDER BY camera_id LIMIT $4
+            """,
+            *args,
+            after,
+            limit + 1,
+        )
+        total = await self._pool.fetchval(
+            "SELECT count(*) FROM streaming.cameras WHERE labels @> $1::jsonb AND ($2 OR NOT disabled)", *args
+        )
+        cameras = [_camera(row) for row in rows[:limit]]
+        next_after = cameras[-1].camera_id if len(rows) > limit else None
+        return CameraPage(cameras, next_after, int(total))
+
+    async def acked_through(self, camera_id: str) -> tuple[int, datetime | None]:
+        """The camera's durable high-water mark and the capture time of the frame that set it."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT acked_through_sequence, last_capture_time
+              FROM streaming.frame_progress WHERE camera_id = $1
+            """,
+            camera_id,
+        )
+        if row is None:
+            return 0, None
+        return int(row["acked_through_sequence"]), row["last_capture_time"]
+
+    async def advance(self, camera_id: str, sequence: int, capture_time: datetime | None) -> None:
+        """Raise the durable high-water mark (never lowers it; nothing for a camera deleted meanwhile)."""
+        await self._pool.execute(
+            """
+            INSERT INTO streaming.frame_progress AS p (camera_id, acked_through_sequence, last_capture_time)
+            SELECT $1::text, $2::bigint, $3::timestamptz
+             WHERE EXISTS (SELECT 1 FROM streaming.cameras WHERE camera_id = $1)  -- none for deleted cameras
+            ON CONFLICT (camera_id) DO UPDATE
+               SET acked_through_sequence =
+                       GREATEST(p.acked_through_sequence, EXCLUDED.acked_through_sequence),
+                   last_capture_time = CASE
+                       WHEN EXCLUDED.acked_through_sequence > p.acked_through_sequence
+                       THEN coalesce(EXCLUDED.last_capture_time, p.last_capture_time)
+                       ELSE p.last_capture_time END,
+                   updated_at = now()
+            """,
+            camera_id,
+            sequence,
+            capture_time,
+        )
