@@ -39,7 +39,7 @@ async def stack(infra):
 
 
 async def _get_camera(stack, token: str) -> grpc.StatusCode:
-    """What streaming answers GetCamera of an unknown camera with this token (NOT_FOUND = authenticated and authorized)."""
+    """GetCamera of an unknown camera with this token: NOT_FOUND means authenticated and authorized."""
     async with grpc.aio.insecure_channel(stack.address("streaming")) as channel:
         stub = streaming_pb2_grpc.StreamingServiceStub(channel)
         try:
