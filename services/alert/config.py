@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mesh.tokens import AuthClientSettings
@@ -15,3 +18,19 @@ class AlertSettings(AuthClientSettings):
     )
 
     grpc_port: int = 50053
+    routing_config_path: Path | None = None
+    """Routing configuration file (JSON); unset = no routes until ReloadRoutingConfig sends one."""
+    routing_reload_interval_s: float = Field(default=2.0, gt=0)
+    """How often the routing file's mtime is checked; a change is validated and applied."""
+    delivery_poll_interval_s: float = Field(default=0.2, gt=0)
+    """How often due deliveries are looked for when none was found last time."""
+    delivery_max_attempts: int = Field(default=8, ge=1)
+    """Attempts before a delivery gives up (state FAILED; RetryFailedDeliveries requeues it)."""
+    delivery_backoff_base_s: float = Field(default=1.0, gt=0)
+    """Largest delay before the first retry; doubles with each retry (full jitter)."""
+    delivery_backoff_max_s: float = Field(default=300.0, gt=0)
+    """Cap of the retry delay."""
+    escalation_poll_interval_s: float = Field(default=0.5, gt=0)
+    """How often unacknowledged alerts are checked for a due escalation (timers fire within this)."""
+    consume_camera_events: bool = True
+    """Raise and resolve camera_offline / camera_quality_degraded alerts from camera.events.v1."""

@@ -1,23 +1,135 @@
-"""Assembles the alert process for the service host."""
+"""Assembles the alert process for the service host.
+
+Resources, started in this order and closed in reverse: token verification (when auth is on), then the
+PostgreSQL pool, which attaches the store to the servicer; then the routing configuration, loaded
+from its file and re-read whenever the file's mtime changes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc
-from mesh.host import GrpcService, ServiceSpec
+from mesh.events import EventPublisher, KafkaSettings, PublishError
+from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
 from mesh.tokens import token_auth
+from services.alert.backoff import Backoff
+from services.alert.camera_consumer import consume_camera_events
 from services.alert.config import AlertSettings
-from services.alert.server import AlertServicer
+from services.alert.delivery import DeliveryWorker
+from services.alert.escalator import Escalator
+from services.alert.notifier import Notifier
+from services.alert.routing import RoutingConfigError
+from services.alert.routing_source import RoutingSource
+from services.alert.senders import Senders
+from services.alert.server import AlertServicer, Clock, utc_now
+from services.alert.store import AlertStore, DeliveryStore, StatisticsStore
+
+log = logging.getLogger(__name__)
+
+CONNECT_RETRY_S = 1.0
 
 
-def build(settings: AlertSettings | None = None) -> ServiceSpec:
+def build(
+    settings: AlertSettings | None = None, *, clock: Clock = utc_now, kafka: KafkaSettings | None = None
+) -> ServiceSpec:
     """The alert service as the host runs it."""
     settings = settings or AlertSettings()
-    servicer = AlertServicer()  # type: ignore[abstract]  # skeleton: RPCs land with their capability
+    servicer = AlertServicer(clock, RoutingSource(settings.routing_config_path))
     authenticator, auth_resources = token_auth(settings)  # every RPC but health/reflection needs a token
+
+    @asynccontextmanager
+    async def database(host: ServiceHost) -> AsyncIterator[asyncpg.Pool]:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10)
+        try:
+            servicer.draining = host.draining
+            servicer.store = AlertStore(pool)
+            servicer.deliveries = DeliveryStore(pool)
+            servicer.statistics = StatisticsStore(pool)
+            servicer.notifier = Notifier(servicer.store, servicer.deliveries, servicer.routing)
+            yield pool
+        finally:
+            servicer.store = servicer.deliveries = servicer.notifier = servicer.statistics = None
+            await pool.close()
+
+    @asynccontextmanager
+    async def routing(host: ServiceHost) -> AsyncIterator[RoutingSource]:
+        # A bad file at start is logged and kept in last_reload_error; the service runs without routes
+        # rather than not at all, and the watcher applies the file once it is fixed.
+        source = servicer.routing
+        if source.path is not None:
+            with contextlib.suppress(RoutingConfigError):
+                source.reload(clock())
+        watcher = asyncio.create_task(source.watch(settings.routing_reload_interval_s, clock))
+        try:
+            yield source
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    @asynccontextmanager
+    async def delivery(host: ServiceHost) -> AsyncIterator[DeliveryWorker]:
+        assert servicer.deliveries is not None  # the database resource started first
+        publisher = EventPublisher(settings.kafka_bootstrap_servers, kafka or KafkaSettings())
+        backoff = Backoff(
+            base_s=settings.delivery_backoff_base_s,
+            max_s=settings.delivery_backoff_max_s,
+            max_attempts=settings.delivery_max_attempts,
+        )
+        async with httpx.AsyncClient() as http:
+            worker = DeliveryWorker(
+                servicer.deliveries, servicer.routing, Senders(http, publisher), backoff, clock
+            )
+            # The broker may come up after us: connect in the background; until then a Kafka receiver's
+            # attempts fail as UNREACHABLE and are retried with backoff like any other receiver.
+            assert servicer.store is not None
+            escalator = Escalator(
+                servicer.store, servicer.deliveries, servicer.routing, clock, servicer.escalated
+            )
+            tasks = [
+                asyncio.create_task(_connect(publisher)),
+                asyncio.create_task(worker.run(settings.delivery_poll_interval_s)),
+                asyncio.create_task(escalator.run(settings.escalation_poll_interval_s)),
+            ]
+            if settings.consume_camera_events:
+                consumer = consume_camera_events(
+                    settings.kafka_bootstrap_servers, servicer.apply_raise, clock
+                )
+                tasks.append(asyncio.create_task(consumer))
+            try:
+                yield worker
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await publisher.stop()
+
+    resources: tuple[Resource, ...] = (*auth_resources, database, routing, delivery)
     return ServiceSpec(
         name="alert",
         settings=settings,
         grpc_services=[GrpcService.from_generated(alert_pb2, alert_pb2_grpc, "AlertService", servicer)],
         authenticator=authenticator,
-        resources=auth_resources,
+        resources=resources,
     )
+
+
+async def _connect(publisher: EventPublisher) -> None:
+    """Start the publisher, retrying until the broker answers."""
+    while True:
+        try:
+            await publisher.start()
+            return
+        except PublishError as exc:
+            log.warning("Kafka not reachable yet; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(CONNECT_RETRY_S)

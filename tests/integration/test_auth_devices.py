@@ -254,7 +254,7 @@ async def test_a_service_calls_another_with_a_service_token_from_its_client_cred
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.RaiseAlert(alert_pb2.RaiseAlertRequest(), timeout=5)
-            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, "authorized for alerts:raise"
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "authorized, then validated"
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await stub.CreateSilence(alert_pb2.CreateSilenceRequest(), timeout=5)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
