@@ -10,7 +10,7 @@ format grpcio-status and every other gRPC implementation understand.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeAlias
@@ -168,6 +168,32 @@ async def abort_with(
 async def abort_with_error(context: grpc.aio.ServicerContext[Any, Any], error: StatusError) -> NoReturn:
     """End the RPC with the status a ``StatusError`` carries."""
     await context.abort(error.grpc_code, error.message, trailing_metadata=status_trailers(error.status))
+
+
+class errors_as_status:
+    """Around an RPC body: an exception that ``translate`` maps to a ``StatusError`` ends the RPC with it.
+
+    Each service keeps its own ``translate`` (its domain errors); anything it returns None for propagates.
+    """
+
+    def __init__(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        translate: Callable[[BaseException], StatusError | None],
+    ) -> None:
+        self._context = context
+        self._translate = translate
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        error = self._translate(exc)
+        if error is None:
+            return False
+        await abort_with_error(self._context, error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 from mesh.interceptors import current_principal
-from mesh.status import StatusError, abort_with_error, status_error
+from mesh.status import StatusError, errors_as_status, status_error
 from services.alert.changes import ChangeFeed
 from services.alert.errors import AlertAlreadyResolved, AlertNotFound, SilenceExpired, SilenceNotFound
 from services.alert.matchers import (
@@ -490,23 +490,9 @@ def _routing_proto(
 # --- errors ---------------------------------------------------------------------------------------------
 
 
-class _errors:
+def _errors(context: Context) -> errors_as_status:
     """Maps domain and driver errors raised inside an RPC body to statuses with details."""
-
-    def __init__(self, context: Context) -> None:
-        self._context = context
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-        if exc is None:
-            return False
-        error = _status_of(exc)
-        if error is None:
-            return False
-        await abort_with_error(self._context, error)
-        return True  # not reached: abort raises
+    return errors_as_status(context, _status_of)
 
 
 def _status_of(exc: BaseException) -> StatusError | None:

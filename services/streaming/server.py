@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.events import PublishError
 from mesh.interceptors import current_principal
-from mesh.status import StatusError, abort_with, abort_with_error, status_error
+from mesh.status import StatusError, abort_with, abort_with_error, errors_as_status, status_error
 from services.streaming.ingest import FrameIngest
 from services.streaming.registry import CameraRegistry
 from services.streaming.store import CameraExists, CameraNotFound, StaleEtag
@@ -178,23 +178,9 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             )
 
 
-class _errors:
+def _errors(context: Context) -> errors_as_status:
     """Maps domain and driver errors raised inside an RPC body to statuses with details."""
-
-    def __init__(self, context: Context) -> None:
-        self._context = context
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-        if exc is None:
-            return False
-        error = _status_of(exc)
-        if error is None:
-            return False
-        await abort_with_error(self._context, error)
-        return True  # not reached: abort raises
+    return errors_as_status(context, _status_of)
 
 
 def _status_of(exc: BaseException) -> StatusError | None:
