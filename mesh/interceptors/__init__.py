@@ -14,7 +14,7 @@ import grpc
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from mesh.interceptors._rpc import RpcInfo, is_infrastructure_method, rpc_info, split_by_arity
+from mesh.interceptors._rpc import ObserverChain, RpcInfo, is_infrastructure_method, rpc_info, split_by_arity
 from mesh.interceptors.auth import (
     Authenticator,
     AuthError,
@@ -144,8 +144,12 @@ def client_interceptors(
     arities and appears once per arity (``split_by_arity``), which is how grpc.aio channels need them.
     """
     chain: list[grpc.aio.ClientInterceptor] = [
-        TracingClientInterceptor(target_service, tracer_provider=tracer_provider),
-        MetricsClientInterceptor(target_service, registry=registry),
+        ObserverChain(
+            [
+                TracingClientInterceptor(target_service, tracer_provider=tracer_provider),
+                MetricsClientInterceptor(target_service, registry=registry),
+            ]
+        )
     ]
     if token_provider is not None:
         chain.append(BearerTokenInterceptor(token_provider))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -346,6 +346,27 @@ class ObservingClientInterceptor(
 # grpc.aio's Channel files each interceptor object under the first arity it implements only (an if/elif
 # chain; grpc/grpc#31442), so a four-arity interceptor would silently skip every streaming call. Channels
 # therefore get one single-arity adapter per arity, in the chain's order.
+
+
+class ObserverChain(ObservingClientInterceptor):
+    """Several observers run as one grpc.aio interceptor: each grpc.aio interceptor hop costs a call
+    object of its own, so tracing and metrics share one hop. Starts run in order, finishes in reverse."""
+
+    def __init__(self, observers: Sequence[ObservingClientInterceptor]) -> None:
+        super().__init__()
+        self._observers = tuple(observers)
+
+    def start(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Finish]:
+        finishes: list[Finish] = []
+        for observer in self._observers:
+            details, finish = observer.start(details)
+            finishes.append(finish)
+
+        def finish_all(code: grpc.StatusCode) -> None:
+            for finish in reversed(finishes):
+                finish(code)
+
+        return details, finish_all
 
 
 class _UnaryUnaryAdapter(grpc.aio.UnaryUnaryClientInterceptor):
