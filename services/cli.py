@@ -127,9 +127,11 @@ def migrate() -> None:
 
 @app.command("rotate-keys")
 def rotate_keys() -> None:
-    """Rotate the auth signing key now: new tokens are signed with a new key; the old key stays in the JWKS
-    until the tokens it signed expire. Uses DATABASE_URL and ITSMESH_AUTH_SECRET_KEY like the auth service;
-    running auth instances pick the new key up within a minute. Key rotation also runs on a schedule.
+    """Rotate the auth signing key now (it also rotates on a schedule).
+
+    New tokens are signed with a new key; the old key stays in the JWKS until the tokens it signed expire.
+    Uses DATABASE_URL and ITSMESH_AUTH_SECRET_KEY like the auth service; running auth instances pick the
+    new key up within a minute.
     """
     from services.auth.authority import SYSTEM, Authority
     from services.auth.config import AuthSettings
