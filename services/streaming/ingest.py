@@ -33,7 +33,17 @@ from mesh.events import (
 )
 from mesh.interceptors import current_principal
 from mesh.status import StatusError, status_error
+from services.streaming.detection import DEFAULT_DETECTION, DetectionSettings, MotionDetector, MovingObject
 from services.streaming.frames import FrameLimits, Rejection, check_frame
+from services.streaming.quality import (
+    DEFAULT_THRESHOLDS,
+    SAMPLE_EVERY_FRAMES,
+    Degraded,
+    Measurement,
+    QualityThresholds,
+    QualityTracker,
+    measure_jpeg,
+)
 from services.streaming.store import CameraNotFound, CameraStore
 from services.streaming.thumbnails import INTERVAL_S, ThumbnailStore
 from services.streaming.validation import ID_PATTERN
@@ -63,6 +73,12 @@ class IngestLimits:
     """A Kafka acknowledgement slower than this turns back-pressure on (no credit) until it arrives."""
     event_timeout_s: float = 5.0
     """How long online/offline events may take before they are given up (logged)."""
+    quality_sample_every_frames: int = SAMPLE_EVERY_FRAMES
+    """Every Nth accepted frame of a stream is decoded at reduced size for the image-quality checks."""
+    quality_thresholds: QualityThresholds = DEFAULT_THRESHOLDS
+    """When a sampled frame counts as degraded, and the hysteresis of degraded/restored events."""
+    detection: DetectionSettings = DEFAULT_DETECTION
+    """Server-side moving-vehicle detection on sampled frames of cameras without edge detection."""
 
 
 def detection_event_id(camera_id: str, sequence: int) -> str:
@@ -186,8 +202,8 @@ class FrameIngest:
             if self._live.get(camera_id) is stream:
                 del self._live[camera_id]
 
-    async def publish_camera_event(self, camera: common_pb2.Camera, **kind: Message) -> None:
-        """Publish a CameraEvent (online/offline); failures are logged, never raised."""
+    def camera_event(self, camera: common_pb2.Camera, **kind: Message) -> events_pb2.CameraEvent:
+        """A CameraEvent of ``camera`` from this instance, with ``kind`` (online=..., offline=..., ...)."""
         event = events_pb2.CameraEvent(
             event_id=str(uuid.uuid4()),
             camera_id=camera.camera_id,
@@ -196,6 +212,11 @@ class FrameIngest:
             **kind,  # type: ignore[arg-type]
         )
         event.event_time.FromDatetime(datetime.now(UTC))
+        return event
+
+    async def publish_camera_event(self, camera: common_pb2.Camera, **kind: Message) -> None:
+        """Publish a CameraEvent (online/offline); failures are logged, never raised."""
+        event = self.camera_event(camera, **kind)
         try:
             async with asyncio.timeout(self.limits.event_timeout_s):
                 await self._publisher.publish_and_wait(CAMERA_EVENTS_TOPIC, camera.camera_id, event)
@@ -238,6 +259,8 @@ class _Stream:
         self._reader_done = False
         self.finished = asyncio.Event()
         self._next_thumbnail_at = float("-inf")
+        self._quality = QualityTracker(limits.quality_thresholds, limits.quality_sample_every_frames)
+        self._detector = None if camera.edge_detection else MotionDetector(limits.detection)
 
     def end(self, error: StatusError) -> None:
         """Make the stream end with ``error`` (taken over, camera deleted)."""
@@ -424,7 +447,15 @@ class _Stream:
             acked = await self._dead_letter(frame, checked)
             self._queue.put_nowait(_Pending(frame.sequence, acked, checked, None))
             return
-        self._previous_capture_s = frame.capture_time.seconds + frame.capture_time.nanos / 1e9
+        capture_s = frame.capture_time.seconds + frame.capture_time.nanos / 1e9
+        self._previous_capture_s = capture_s
+        inspection = await self._inspect(frame, checked.width_px, checked.height_px, capture_s)
+        if frame.has_edge_detections:
+            detections, source = list(frame.detections), common_pb2.DETECTION_SOURCE_EDGE
+        elif inspection.detections is not None:
+            detections, source = inspection.detections, common_pb2.DETECTION_SOURCE_SERVER
+        else:
+            detections, source = list(frame.detections), common_pb2.DETECTION_SOURCE_NONE
         event = events_pb2.CameraDetectionEvent(
             event_id=detection_event_id(self._camera.camera_id, frame.sequence),
             camera_id=self._camera.camera_id,
@@ -432,13 +463,9 @@ class _Stream:
             capture_time=frame.capture_time,
             frame_size=common_pb2.ImageSize(width_px=checked.width_px, height_px=checked.height_px),
             jpeg_size_bytes=len(frame.jpeg),
-            detections=frame.detections,
-            detection_source=(
-                common_pb2.DETECTION_SOURCE_EDGE
-                if frame.has_edge_detections
-                else common_pb2.DETECTION_SOURCE_NONE
-            ),
-            quality=common_pb2.FrameQuality(sampled=False),
+            detections=detections,
+            detection_source=source,
+            quality=inspection.quality,
             camera_config_version=self._camera.config_version,
             stream_id=self.stream_id,
             instance_id=ingest._instance_id,
@@ -461,6 +488,59 @@ class _Stream:
         self._queue.put_nowait(
             _Pending(frame.sequence, acked, None, frame.capture_time.ToDatetime(UTC), thumbnail=thumbnail)
         )
+        if inspection.quality_event is not None:
+            # Published after the frame's event and settled in the same order, outside the ack window.
+            quality_acked = await self._publish(CAMERA_EVENTS_TOPIC, inspection.quality_event)
+            self._queue.put_nowait(_Pending(frame.sequence, quality_acked, None, None, in_window=False))
+
+    async def _inspect(
+        self, frame: streaming_pb2.Frame, width_px: int, height_px: int, capture_s: float
+    ) -> _Inspection:
+        """Quality (and, without edge detections, server-side detections) of a sampled frame.
+
+        A sampled frame that passed the cheap checks but does not decode stays accepted: its quality is
+        recorded as not sampled and no detector runs.
+        """
+        tracker = self._quality
+        if not tracker.should_sample():
+            return _Inspection(common_pb2.FrameQuality(sampled=False))
+        detector = None if frame.has_edge_detections else self._detector
+        measured, moving = await asyncio.to_thread(
+            _measure_and_detect, frame.jpeg, tracker, detector, width_px, height_px
+        )
+        if measured is None:
+            return _Inspection(common_pb2.FrameQuality(sampled=False))
+        detections = None
+        if moving is not None:
+            detections = [
+                common_pb2.Detection(
+                    object_class=common_pb2.OBJECT_CLASS_VEHICLE,
+                    confidence=m.confidence,
+                    box=common_pb2.BoundingBox(
+                        left_px=m.left_px, top_px=m.top_px, width_px=m.width_px, height_px=m.height_px
+                    ),
+                )
+                for m in moving
+            ]
+        quality = measured.to_proto()
+        transition = tracker.observe(measured, frame.sequence, capture_s)
+        if transition is None:
+            return _Inspection(quality, detections=detections)
+        ingest, camera_id = self._ingest, self._camera.camera_id
+        if isinstance(transition, Degraded):
+            degraded = events_pb2.CameraQualityDegraded(
+                issues=transition.issues, quality=quality, sequence=transition.sequence
+            )
+            degraded.degraded_duration.CopyFrom(_duration(transition.degraded_for_s))
+            log.info("camera quality degraded", extra={"camera_id": camera_id})
+            event = ingest.camera_event(self._camera, quality_degraded=degraded)
+        else:
+            restored = events_pb2.CameraQualityRestored(
+                cleared_issues=transition.cleared_issues, quality=quality, sequence=transition.sequence
+            )
+            log.info("camera quality restored", extra={"camera_id": camera_id})
+            event = ingest.camera_event(self._camera, quality_restored=restored)
+        return _Inspection(quality, event, detections)
 
     async def _dead_letter(self, frame: streaming_pb2.Frame, rejection: Rejection) -> Awaitable[None]:
         payload = frame.SerializeToString()
@@ -519,6 +599,28 @@ class _Stream:
             if pending.thumbnail is not None and self._ingest.thumbnails is not None:
                 await self._ingest.thumbnails.put(pending.thumbnail)  # only frames Kafka has
             self._changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Inspection:
+    quality: common_pb2.FrameQuality
+    quality_event: events_pb2.CameraEvent | None = None
+    detections: list[common_pb2.Detection] | None = None
+    """Server-side detections; None when the detector did not run on this frame."""
+
+
+def _measure_and_detect(
+    jpeg: bytes,
+    tracker: QualityTracker,
+    detector: MotionDetector | None,
+    width_px: int,
+    height_px: int,
+) -> tuple[Measurement | None, list[MovingObject] | None]:
+    """Decode once at reduced size for both the quality checks and the detector; runs in a worker thread."""
+    measured = measure_jpeg(jpeg, tracker.previous, tracker.thresholds)
+    if measured is None or detector is None:
+        return measured, None
+    return measured, detector.detect(measured.image, width_px, height_px)
 
 
 def _unavailable(exc: Exception) -> StatusError:

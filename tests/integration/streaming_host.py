@@ -104,8 +104,8 @@ async def settle(seconds: float = 1.0) -> None:
 def structural_jpeg(width: int = 640, height: int = 360, size: int = 2000, seed: int = 0) -> bytes:
     """A JPEG with real markers (SOI, APP0, DQT, SOF0 with the size, DHT, SOS, EOI) and filler scan data.
 
-    No image library is installed here, so the scan is not a decodable picture; the structural checks
-    read only the markers and the frame header, which are genuine.
+    The scan is filler that the decoder fills in (it decodes to noise), not a real picture; the
+    structural checks read only the markers and the frame header, which are genuine.
     """
     app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
     dqt = b"\xff\xdb\x00\x43\x00" + bytes(range(1, 65))
