@@ -22,6 +22,7 @@ from mesh.events import ensure_topics
 from mesh.host import ServiceHost
 from services.streaming.config import StreamingSettings
 from services.streaming.service import build
+from tests.integration.mesh_instance import EchoStreaming
 from tests.integration.streaming_host import structural_jpeg
 from tests.perf.results import BenchResult
 
@@ -140,7 +141,12 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
     await host.start()
     servicer = host.spec.grpc_services[0].servicer
     address = f"127.0.0.1:{host.grpc_port}"
-    results: dict[str, list[float]] = {"raw": [], "raw_events": [], "single": [], "batch10": []}
+    results: dict[str, list[float]] = {"raw": [], "raw_events": [], "echo": [], "single": [], "batch10": []}
+    # The baseline: a bare grpc.aio server that acks every frame at once (no checks, no Kafka).
+    echo_server = grpc.aio.server()
+    streaming_pb2_grpc.add_StreamingServiceServicer_to_server(EchoStreaming("echo"), echo_server)
+    echo_address = f"127.0.0.1:{echo_server.add_insecure_port('127.0.0.1:0')}"
+    await echo_server.start()
     try:
         while not servicer.ingest._publisher.started:  # type: ignore[attr-defined]
             await asyncio.sleep(0.05)
@@ -167,21 +173,25 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
                 await _raw(urls.kafka_bootstrap_servers, [f.SerializeToString() for f in frames])
             )
             results["raw_events"].append(await _raw(urls.kafka_bootstrap_servers, _events(frames)))
+            results["echo"].append(await _stream(echo_address, "echo-camera", frames, 1))
             results["single"].append(await _stream(address, camera_ids[2 * r], frames, 1))
             results["batch10"].append(await _stream(address, camera_ids[2 * r + 1], frames, 10))
     finally:
         await host.stop()
+        await echo_server.stop(None)
 
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
 
     baselines = {
+        "echo": "raw grpc.aio echo of the same frames, acked at once",
         "raw": "raw aiokafka produce of the frames, acks=all",
         "raw_events": "raw aiokafka produce of the detection events, acks=all",
     }
     return [
         BenchResult(
-            name=f"streaming_frames_{kind}_fps" + ("" if baseline == "raw" else "_vs_events"),
+            name=f"streaming_frames_{kind}_fps"
+            + {"echo": "", "raw": "_vs_raw_kafka", "raw_events": "_vs_events"}[baseline],
             value=median(results[kind]),
             unit="frames/s",
             baseline=median(results[baseline]),
