@@ -44,6 +44,7 @@ from services.streaming.quality import (
     QualityTracker,
     measure_jpeg,
 )
+from services.streaming.stats import FrameCounters
 from services.streaming.store import CameraNotFound, CameraStore
 from services.streaming.thumbnails import INTERVAL_S, ThumbnailStore
 from services.streaming.validation import ID_PATTERN
@@ -84,6 +85,45 @@ class IngestLimits:
 def detection_event_id(camera_id: str, sequence: int) -> str:
     """The event id of a frame: the same for every publication of (camera, sequence)."""
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{camera_id}/{sequence}"))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """What one open frame stream has done so far, for the status RPCs."""
+
+    stream_id: str
+    camera_id: str
+    peer: str
+    client_version: str
+    open_time: datetime
+    last_message_time: datetime | None
+    last_frame_time: datetime | None
+    """Capture time of the last durably acknowledged frame."""
+    acked_through: int
+    received: int
+    accepted: int
+    rejected: int
+    duplicate: int
+    in_flight: int
+    credit: int
+    backpressure: bool
+    frames_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSnapshot:
+    """Counters of this instance since it started, for GetIngestStatus."""
+
+    instance_id: str
+    start_time: datetime
+    frame_streams: int
+    accepted: int
+    rejected: int
+    duplicate: int
+    frames_per_second: float
+    in_flight: int
+    backpressure: bool
+    kafka_started: bool
 
 
 @dataclass(slots=True)
@@ -127,11 +167,50 @@ class FrameIngest:
         self._clock = clock
         self._wall_clock = wall_clock
         self._live: dict[str, _Stream] = {}
+        self._last_open: dict[str, datetime] = {}
         self.thumbnails = thumbnails
+        self.totals = FrameCounters()
+        self.start_time = datetime.fromtimestamp(wall_clock(), UTC)
+
+    def stream_of(self, camera_id: str) -> StreamSnapshot | None:
+        """The live stream of ``camera_id`` on this instance, if any."""
+        stream = self._live.get(camera_id)
+        return None if stream is None else stream.snapshot()
+
+    def streams(self) -> list[StreamSnapshot]:
+        """The live frame streams of this instance."""
+        return [stream.snapshot() for stream in list(self._live.values())]
+
+    def last_open_time(self, camera_id: str) -> datetime | None:
+        """When the camera's current or last stream on this instance opened."""
+        return self._last_open.get(camera_id)
+
+    @property
+    def instance_id(self) -> str:
+        """Id of this streaming instance."""
+        return self._instance_id
+
+    def snapshot(self) -> IngestSnapshot:
+        """Counters and back-pressure state of this instance."""
+        live = list(self._live.values())
+        totals = self.totals
+        return IngestSnapshot(
+            instance_id=self._instance_id,
+            start_time=self.start_time,
+            frame_streams=len(live),
+            accepted=totals.accepted,
+            rejected=totals.rejected,
+            duplicate=totals.duplicate,
+            frames_per_second=totals.accepted_rate.rate(self._clock()),
+            in_flight=sum(stream.window.in_flight for stream in live),
+            backpressure=any(stream.window.backpressure for stream in live),
+            kafka_started=self._publisher.started,
+        )
 
     async def end_camera(self, camera_id: str) -> None:
         """End the live stream of a deleted camera, if this instance holds it."""
         stream = self._live.get(camera_id)
+        self._last_open.pop(camera_id, None)
         if stream is not None:
             stream.end(status_error(grpc.StatusCode.NOT_FOUND, f"camera {camera_id} was deleted"))
 
@@ -196,6 +275,7 @@ class FrameIngest:
                 log.warning("taken-over stream did not finish in time", extra={"camera_id": camera_id})
         stream = _Stream(self, camera, opening, context)
         self._live[camera_id] = stream
+        self._last_open[camera_id] = stream.open_time
         try:
             await stream.run(iterator)
         finally:
@@ -241,6 +321,9 @@ class _Stream:
         self._opening = opening
         self._context = context
         self.stream_id = str(uuid.uuid4())
+        self.open_time = datetime.fromtimestamp(ingest._wall_clock(), UTC)
+        self.counters = FrameCounters()
+        self._last_message_time: datetime | None = None
         limits = ingest.limits
         self._limits = limits
         self._frame_limits = FrameLimits(
@@ -261,6 +344,28 @@ class _Stream:
         self._next_thumbnail_at = float("-inf")
         self._quality = QualityTracker(limits.quality_thresholds, limits.quality_sample_every_frames)
         self._detector = None if camera.edge_detection else MotionDetector(limits.detection)
+
+    def snapshot(self) -> StreamSnapshot:
+        """What this stream has done so far."""
+        counters, window = self.counters, self.window
+        return StreamSnapshot(
+            stream_id=self.stream_id,
+            camera_id=self._camera.camera_id,
+            peer=self._context.peer() or "",
+            client_version=self._opening.client_version,
+            open_time=self.open_time,
+            last_message_time=self._last_message_time,
+            last_frame_time=self._last_durable_capture,
+            acked_through=self._durable,
+            received=counters.received,
+            accepted=counters.accepted,
+            rejected=counters.rejected,
+            duplicate=counters.duplicate,
+            in_flight=window.in_flight,
+            credit=window.credit,
+            backpressure=window.backpressure,
+            frames_per_second=counters.accepted_rate.rate(self._ingest._clock()),
+        )
 
     def end(self, error: StatusError) -> None:
         """Make the stream end with ``error`` (taken over, camera deleted)."""
@@ -396,6 +501,7 @@ class _Stream:
     async def _read(self, requests: AsyncIterator[streaming_pb2.StreamFramesRequest]) -> None:
         try:
             async for request in requests:
+                self._last_message_time = datetime.fromtimestamp(self._ingest._wall_clock(), UTC)
                 kind = request.WhichOneof("message")
                 if kind == "frame":
                     await self._take(request.frame)
@@ -430,7 +536,11 @@ class _Stream:
             raise status_error(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; wait for credit", reason="CREDIT_EXCEEDED"
             ) from None
+        self.counters.record_received()
+        ingest.totals.record_received()
         if verdict is Verdict.DUPLICATE:
+            self.counters.record_duplicate()
+            ingest.totals.record_duplicate()
             return
         if verdict is Verdict.OUT_OF_ORDER:
             rejection = Rejection(
@@ -587,6 +697,12 @@ class _Stream:
                 raise _unavailable(exc) from exc
             finally:
                 acked.cancel()
+            if pending.rejection is not None:
+                self.counters.record_rejected()
+                self._ingest.totals.record_rejected()
+            elif pending.in_window:
+                self.counters.record_accepted(clock())
+                self._ingest.totals.record_accepted(clock())
             if pending.in_window:
                 reason = (
                     None

@@ -50,6 +50,10 @@ class CameraRegistry:
             after=after, limit=limit, labels=labels, include_disabled=include_disabled
         )
 
+    async def count(self) -> int:
+        """Registered cameras."""
+        return await self.store.count()
+
     async def _announce(
         self,
         change_type: events_pb2.ConfigChangeType.ValueType,

@@ -12,19 +12,21 @@ import binascii
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import empty_pb2, field_mask_pb2
+from google.protobuf import empty_pb2, field_mask_pb2, timestamp_pb2
 from redis.exceptions import RedisError
 
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.events import PublishError
 from mesh.interceptors import current_principal
 from mesh.status import StatusError, abort_with, abort_with_error, errors_as_status, status_error
-from services.streaming.ingest import FrameIngest
+from services.streaming.ingest import FrameIngest, StreamSnapshot
 from services.streaming.registry import CameraRegistry
+from services.streaming.stats import connection_state
 from services.streaming.store import CameraExists, CameraNotFound, StaleEtag
 from services.streaming.validation import IMMUTABLE_FIELDS, validate_camera
 
@@ -157,6 +159,125 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             return frame
         raise AssertionError("unreachable")
 
+    # --- live status ----------------------------------------------------------------------------------
+
+    def _ingest(self) -> FrameIngest:
+        if self.ingest is None:
+            raise status_error(grpc.StatusCode.UNAVAILABLE, "ingest is starting", retry_delay_s=1.0)
+        return self.ingest
+
+    async def _camera_status(self, camera_id: str) -> streaming_pb2.CameraStatus:
+        ingest = self._ingest()
+        live = ingest.stream_of(camera_id)
+        status = streaming_pb2.CameraStatus(camera_id=camera_id)
+        opened = ingest.last_open_time(camera_id)
+        if opened is not None:
+            status.connect_time.CopyFrom(_timestamp(opened))
+        if live is not None:
+            status.stream_id = live.stream_id
+            status.instance_id = ingest.instance_id
+            status.acked_through_sequence = live.acked_through
+            status.frames_per_second = live.frames_per_second
+            status.frames_accepted = live.accepted
+            status.frames_rejected = live.rejected
+            status.frames_duplicate = live.duplicate
+            last_frame = live.last_frame_time
+        else:
+            durable, last_frame = await self._registry().store.acked_through(camera_id)
+            status.acked_through_sequence = durable
+        if last_frame is not None:
+            status.last_frame_time.CopyFrom(_timestamp(last_frame))
+        status.state = connection_state(
+            live=live is not None,
+            acked_through=status.acked_through_sequence,
+            ever_streamed=opened is not None or last_frame is not None,
+        )
+        return status
+
+    async def GetCameraStatus(
+        self, request: streaming_pb2.GetCameraStatusRequest, context: Context
+    ) -> streaming_pb2.CameraStatus:
+        async with _errors(context):
+            _require_id(request.camera_id, "camera_id")
+            await self._registry().get(request.camera_id)  # NOT_FOUND for unknown cameras
+            return await self._camera_status(request.camera_id)
+        raise AssertionError("unreachable")
+
+    async def ListCameraStatuses(
+        self, request: streaming_pb2.ListCameraStatusesRequest, context: Context
+    ) -> streaming_pb2.ListCameraStatusesResponse:
+        async with _errors(context):
+            _check_page_size(request.page_size)
+            if request.state not in streaming_pb2.CameraConnectionState.values():
+                _check([("state", f"unknown CameraConnectionState {request.state}")])
+            labels = dict(request.labels)
+            filters = _filter_digest(labels, True) + f"/{int(request.state)}"
+            after = _decode_token(request.page_token, filters)
+            registry, ingest = self._registry(), self._ingest()
+            page = await registry.list(
+                after=after,
+                limit=request.page_size or DEFAULT_PAGE_SIZE,
+                labels=labels,
+                include_disabled=True,
+            )
+            statuses = [await self._camera_status(camera.camera_id) for camera in page.cameras]
+            if request.state != streaming_pb2.CAMERA_CONNECTION_STATE_UNSPECIFIED:
+                statuses = [status for status in statuses if status.state == request.state]
+            return streaming_pb2.ListCameraStatusesResponse(
+                statuses=statuses,
+                next_page_token=_encode_token(page.next_after, filters) if page.next_after else "",
+                online_count=len(ingest.streams()),
+                registered_count=await registry.count(),
+            )
+        raise AssertionError("unreachable")
+
+    async def ListStreams(
+        self, request: streaming_pb2.ListStreamsRequest, context: Context
+    ) -> streaming_pb2.ListStreamsResponse:
+        async with _errors(context):
+            _check_page_size(request.page_size)
+            if request.kind not in streaming_pb2.StreamKind.values():
+                _check([("kind", f"unknown StreamKind {request.kind}")])
+            filters = f"streams/{int(request.kind)}"
+            after = _decode_token(request.page_token, filters)
+            ingest = self._ingest()
+            streams: list[StreamSnapshot] = []
+            if request.kind in (streaming_pb2.STREAM_KIND_UNSPECIFIED, streaming_pb2.STREAM_KIND_FRAMES):
+                streams = sorted(ingest.streams(), key=_stream_key)
+            if after:
+                streams = [stream for stream in streams if _stream_key(stream) > after]
+            limit = request.page_size or DEFAULT_PAGE_SIZE
+            page = streams[:limit]
+            next_after = _stream_key(page[-1]) if len(streams) > limit else ""
+            return streaming_pb2.ListStreamsResponse(
+                streams=[_stream_info(stream) for stream in page],
+                next_page_token=_encode_token(next_after, filters) if next_after else "",
+                instance_id=ingest.instance_id,
+            )
+        raise AssertionError("unreachable")
+
+    async def GetIngestStatus(
+        self, request: streaming_pb2.GetIngestStatusRequest, context: Context
+    ) -> streaming_pb2.IngestStatus:
+        async with _errors(context):
+            ingest = self._ingest()
+            snapshot = ingest.snapshot()
+            redis_healthy = ingest.thumbnails is not None and await ingest.thumbnails.healthy()
+            return streaming_pb2.IngestStatus(
+                instance_id=snapshot.instance_id,
+                start_time=_timestamp(snapshot.start_time),
+                frame_streams=snapshot.frame_streams,
+                frames_accepted_total=snapshot.accepted,
+                frames_rejected_total=snapshot.rejected,
+                frames_duplicate_total=snapshot.duplicate,
+                frames_per_second=snapshot.frames_per_second,
+                kafka_in_flight=snapshot.in_flight,
+                backpressure=snapshot.backpressure,
+                kafka_healthy=snapshot.kafka_started,
+                redis_healthy=redis_healthy,
+            )
+        raise AssertionError("unreachable")
+
     # --- frame ingest ---------------------------------------------------------------------------------
 
     async def StreamFrames(  # type: ignore[override]  # reader/writer style: responses go via context
@@ -222,6 +343,43 @@ def _check(violations: list[tuple[str, str]]) -> None:
             + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""),
             field_violations=violations,
         )
+
+
+def _check_page_size(page_size: int) -> None:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        _check([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _stream_key(stream: StreamSnapshot) -> str:
+    """Sorts streams by open time (fixed-width, so text order is time order), then id."""
+    return f"{stream.open_time.timestamp():020.6f}/{stream.stream_id}"
+
+
+def _stream_info(stream: StreamSnapshot) -> streaming_pb2.StreamInfo:
+    info = streaming_pb2.StreamInfo(
+        stream_id=stream.stream_id,
+        kind=streaming_pb2.STREAM_KIND_FRAMES,
+        source_id=stream.camera_id,
+        peer=stream.peer,
+        open_time=_timestamp(stream.open_time),
+        items_received=stream.received,
+        items_accepted=stream.accepted,
+        items_rejected=stream.rejected,
+        items_duplicate=stream.duplicate,
+        items_in_flight=stream.in_flight,
+        credit_available=stream.credit,
+        acked_through_sequence=stream.acked_through,
+        client_version=stream.client_version,
+    )
+    if stream.last_message_time is not None:
+        info.last_message_time.CopyFrom(_timestamp(stream.last_message_time))
+    return info
 
 
 def _require_id(value: str, field: str) -> None:

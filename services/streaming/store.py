@@ -144,6 +144,10 @@ class CameraStore:
         next_after = cameras[-1].camera_id if len(rows) > limit else None
         return CameraPage(cameras, next_after, int(total))
 
+    async def count(self) -> int:
+        """Registered cameras, disabled ones included."""
+        return int(await self._pool.fetchval("SELECT count(*) FROM streaming.cameras"))
+
     async def acked_through(self, camera_id: str) -> tuple[int, datetime | None]:
         """The camera's durable high-water mark and the capture time of the frame that set it."""
         row = await self._pool.fetchrow(

@@ -24,6 +24,13 @@ class ThumbnailStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
+    async def healthy(self) -> bool:
+        """Whether Redis answers a PING within the client's socket timeout."""
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
     async def put(self, frame: streaming_pb2.LatestFrame) -> None:
         """Keep ``frame`` as its camera's latest for TTL_S seconds."""
         try:
