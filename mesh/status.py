@@ -10,7 +10,7 @@ format grpcio-status and every other gRPC implementation understand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeAlias
@@ -171,7 +171,7 @@ async def abort_with_error(context: grpc.aio.ServicerContext[Any, Any], error: S
 
 
 class errors_as_status:
-    """Around an RPC body: an exception that ``translate`` maps to a ``StatusError`` ends the RPC with it.
+    """Around an RPC body: a ``StatusError``, or an exception ``translate`` maps to one, ends the RPC with it.
 
     Each service keeps its own ``translate`` (its domain errors); anything it returns None for propagates.
     """
@@ -190,7 +190,7 @@ class errors_as_status:
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
         if exc is None:
             return False
-        error = self._translate(exc)
+        error = exc if isinstance(exc, StatusError) else self._translate(exc)
         if error is None:
             return False
         await abort_with_error(self._context, error)
@@ -267,3 +267,15 @@ def _violation_pairs(violations: FieldViolations | None) -> list[tuple[str, str]
     if isinstance(violations, Mapping):
         return [(str(k), str(v)) for k, v in violations.items()]
     return [(name, why) for name, why in violations]
+
+
+def raise_for_violations(violations: Sequence[tuple[str, str]]) -> None:
+    """Raise INVALID_ARGUMENT naming the first bad field (and how many more) if there are violations."""
+    if violations:
+        field_name, why = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise status_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"invalid {field_name}: {why}{more}",
+            field_violations=violations,
+        )

@@ -25,7 +25,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 from mesh.interceptors import current_principal
-from mesh.status import StatusError, errors_as_status, status_error
+from mesh.status import StatusError, errors_as_status, raise_for_violations, status_error
 from services.alert.changes import ChangeFeed
 from services.alert.errors import AlertAlreadyResolved, AlertNotFound, SilenceExpired, SilenceNotFound
 from services.alert.matchers import (
@@ -134,7 +134,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     async def GetAlert(self, request: alert_pb2.GetAlertRequest, context: Context) -> alert_pb2.Alert:
         async with _errors(context):
             alert_id = _uuid(request.alert_id, "alert_id")
-            _check(_enum_violations(request.view, alert_pb2.AlertView.values(), "view"))
+            raise_for_violations(_enum_violations(request.view, alert_pb2.AlertView.values(), "view"))
             full = request.view != alert_pb2.ALERT_VIEW_BASIC
             return await self._store().get_alert(alert_id, self.clock(), deliveries=full)
         raise AssertionError("unreachable")
@@ -163,7 +163,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     ) -> alert_pb2.Alert:
         async with _errors(context):
             alert_id = _uuid(request.alert_id, "alert_id")
-            _check(_length_violations(request.comment, MAX_COMMENT, "comment"))
+            raise_for_violations(_length_violations(request.comment, MAX_COMMENT, "comment"))
             now = self.clock()
             alert = await self._store().acknowledge(alert_id, _subject(), request.comment, now)
             if alert.acknowledge_time.ToDatetime(tzinfo=UTC) == now:  # acknowledged by this call
@@ -174,7 +174,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     async def ResolveAlert(self, request: alert_pb2.ResolveAlertRequest, context: Context) -> alert_pb2.Alert:
         async with _errors(context):
             alert_id = _uuid(request.alert_id, "alert_id")
-            _check(_length_violations(request.comment, MAX_COMMENT, "comment"))
+            raise_for_violations(_length_violations(request.comment, MAX_COMMENT, "comment"))
             now = self.clock()
             alert = await self._store().resolve(alert_id, _subject(), request.comment, now)
             if alert.resolve_time.ToDatetime(tzinfo=UTC) == now:  # resolved by this call
@@ -191,7 +191,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             for i, status in enumerate(request.statuses):
                 problems += _enum_violations(status, common_pb2.AlertStatus.values(), f"statuses[{i}]")
             problems += _enum_violations(request.min_severity, common_pb2.Severity.values(), "min_severity")
-            _check(problems)
+            raise_for_violations(problems)
             watch = _WatchFilter(
                 _matchers(request.matchers),
                 frozenset(s for s in request.statuses if s),
@@ -254,7 +254,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
         self, request: alert_pb2.ListAlertGroupsRequest, context: Context
     ) -> alert_pb2.ListAlertGroupsResponse:
         async with _errors(context):
-            _check(matcher_violations(_triples(request.matchers), "matchers"))
+            raise_for_violations(matcher_violations(_triples(request.matchers), "matchers"))
             limit = _page_size(request.page_size)
             digest = _digest(request, ("page_size", "page_token"))
             offset = _decode_token(request.page_token, digest)
@@ -285,7 +285,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
                 bucket_s = request.bucket.ToNanoseconds() / 1e9
                 if not 60 <= bucket_s <= 86400:
                     problems.append(("bucket", "must be between 1 minute and 1 day"))
-            _check(problems)
+            raise_for_violations(problems)
             stats = await self._statistics().statistics(start, end, _matchers(request.matchers), bucket_s)
             return _statistics_proto(stats, start, end)
         raise AssertionError("unreachable")
@@ -312,7 +312,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             elif _time(silence.end_time) <= now:
                 problems.append(("silence.end_time", "must be in the future"))
             problems += _comment_violations(silence.comment, "silence.comment")
-            _check(problems)
+            raise_for_violations(problems)
             created = SilenceInput(
                 matchers=_matchers(silence.matchers),
                 start_time=start,
@@ -334,7 +334,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             problems: list[tuple[str, str]] = []
             for i, state in enumerate(request.states):
                 problems += _enum_violations(state, alert_pb2.SilenceState.values(), f"states[{i}]")
-            _check(problems)
+            raise_for_violations(problems)
             states = sorted({SilenceState(s) for s in request.states if s})
             limit = _page_size(request.page_size)
             digest = _digest(request, ("page_size", "page_token"))
@@ -373,13 +373,13 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             if "comment" in paths:
                 problems += _comment_violations(silence.comment, "silence.comment")
                 changes["comment"] = silence.comment.strip()
-            _check(problems)
+            raise_for_violations(problems)
             if "matchers" in changes:
                 changes["matchers"] = _matchers(silence.matchers)
             try:
                 return await self._store().update_silence(silence_id, changes, self.clock())
             except ValueError as exc:
-                _check([("silence.end_time", str(exc))])
+                raise_for_violations([("silence.end_time", str(exc))])
                 raise
         raise AssertionError("unreachable")
 
@@ -496,8 +496,6 @@ def _errors(context: Context) -> errors_as_status:
 
 
 def _status_of(exc: BaseException) -> StatusError | None:
-    if isinstance(exc, StatusError):
-        return exc
     if isinstance(exc, AlertNotFound):
         return status_error(
             grpc.StatusCode.NOT_FOUND, f"alert {exc} does not exist", reason="ALERT_NOT_FOUND"
@@ -525,17 +523,6 @@ def _status_of(exc: BaseException) -> StatusError | None:
     return None
 
 
-def _check(violations: list[tuple[str, str]]) -> None:
-    if violations:
-        first = violations[0]
-        raise status_error(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"invalid {first[0]}: {first[1]}"
-            + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""),
-            field_violations=violations,
-        )
-
-
 # --- validation and translation -------------------------------------------------------------------------
 
 
@@ -546,11 +533,11 @@ def _subject() -> str:
 
 def _uuid(value: str, field: str) -> uuid.UUID:
     if not value:
-        _check([(field, "required")])
+        raise_for_violations([(field, "required")])
     try:
         return uuid.UUID(value)
     except ValueError:
-        _check([(field, "must be a UUID")])
+        raise_for_violations([(field, "must be a UUID")])
         raise AssertionError("unreachable") from None
 
 
@@ -608,7 +595,7 @@ def _raise_input(request: alert_pb2.RaiseAlertRequest) -> RaiseInput:
     end = _time(request.end_time) if request.HasField("end_time") else None
     if start is not None and end is not None and end < start:
         problems.append(("end_time", "must not be before start_time"))
-    _check(problems)
+    raise_for_violations(problems)
     return RaiseInput(
         client_alert_id=request.client_alert_id,
         labels=labels,
@@ -661,7 +648,7 @@ def _alert_filter(request: alert_pb2.ListAlertsRequest) -> AlertFilter:
             end = _time(request.time_range.end_time)
         if start is not None and end is not None and end <= start:
             problems.append(("time_range.end_time", "must be after start_time"))
-    _check(problems)
+    raise_for_violations(problems)
     return AlertFilter(
         statuses=sorted({s for s in request.statuses if s}),
         min_severity=request.min_severity,
@@ -740,15 +727,15 @@ def _delivery_filter(alert_id: str, receiver: str, states: Iterable[int], reques
             end = _time(request.time_range.end_time)
         if start is not None and end is not None and end <= start:
             problems.append(("time_range.end_time", "must be after start_time"))
-    _check(problems)
+    raise_for_violations(problems)
     return DeliveryFilter(parsed_id, receiver, sorted({s for s in chosen if s}), start, end)
 
 
 def _page_size(size: int) -> int:
     if size < 0:
-        _check([("page_size", "must not be negative")])
+        raise_for_violations([("page_size", "must not be negative")])
     if size > MAX_PAGE_SIZE:
-        _check([("page_size", f"at most {MAX_PAGE_SIZE}")])
+        raise_for_violations([("page_size", f"at most {MAX_PAGE_SIZE}")])
     return size or DEFAULT_PAGE_SIZE
 
 
@@ -772,8 +759,8 @@ def _decode_token(token: str, digest: str) -> int:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         offset, token_digest = data["o"], data["f"]
     except (ValueError, KeyError, TypeError, binascii.Error):
-        _check([("page_token", "not a token this server issued")])
+        raise_for_violations([("page_token", "not a token this server issued")])
         raise AssertionError("unreachable") from None
     if token_digest != digest or not isinstance(offset, int) or offset < 0:
-        _check([("page_token", "only valid with the same filters")])
+        raise_for_violations([("page_token", "only valid with the same filters")])
     return int(offset)

@@ -23,7 +23,14 @@ from redis.exceptions import RedisError
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.events import PublishError
 from mesh.interceptors import current_principal
-from mesh.status import StatusError, abort_with, abort_with_error, errors_as_status, status_error
+from mesh.status import (
+    StatusError,
+    abort_with,
+    abort_with_error,
+    errors_as_status,
+    raise_for_violations,
+    status_error,
+)
 from services.streaming.ingest import FrameIngest, StreamSnapshot
 from services.streaming.registry import CameraRegistry
 from services.streaming.stats import connection_state
@@ -57,7 +64,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
     ) -> common_pb2.Camera:
         async with _errors(context):
             camera = _input_camera(request.camera)
-            _check(validate_camera(camera))
+            raise_for_violations(validate_camera(camera))
             if request.validate_only:
                 return camera
             return await self._registry().register(camera, _subject())
@@ -74,7 +81,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
     ) -> streaming_pb2.ListCamerasResponse:
         async with _errors(context):
             if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-                _check([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
+                raise_for_violations([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
             labels = dict(request.labels)
             filters = _filter_digest(labels, request.include_disabled)
             after = _decode_token(request.page_token, filters)
@@ -102,7 +109,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             _require_id(request.camera.camera_id, "camera.camera_id")
             paths = list(request.update_mask.paths)
             if not paths:
-                _check([("update_mask", "name at least one field to update")])
+                raise_for_violations([("update_mask", "name at least one field to update")])
             bad = [
                 ("update_mask", f"{path!r} is not an updatable Camera field")
                 for path in paths
@@ -111,7 +118,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
                     common_pb2.Camera.DESCRIPTOR
                 )
             ]
-            _check(bad)
+            raise_for_violations(bad)
             current = await self._registry().get(request.camera.camera_id)
             updated = common_pb2.Camera()
             updated.CopyFrom(current)
@@ -121,7 +128,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
                 replace_message_field=True,
                 replace_repeated_field=True,
             )
-            _check(validate_camera(updated))
+            raise_for_violations(validate_camera(updated))
             if request.validate_only:
                 return updated
             changed = sorted({path.split(".", 1)[0] for path in paths})
@@ -209,7 +216,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
         async with _errors(context):
             _check_page_size(request.page_size)
             if request.state not in streaming_pb2.CameraConnectionState.values():
-                _check([("state", f"unknown CameraConnectionState {request.state}")])
+                raise_for_violations([("state", f"unknown CameraConnectionState {request.state}")])
             labels = dict(request.labels)
             filters = _filter_digest(labels, True) + f"/{int(request.state)}"
             after = _decode_token(request.page_token, filters)
@@ -237,7 +244,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
         async with _errors(context):
             _check_page_size(request.page_size)
             if request.kind not in streaming_pb2.StreamKind.values():
-                _check([("kind", f"unknown StreamKind {request.kind}")])
+                raise_for_violations([("kind", f"unknown StreamKind {request.kind}")])
             filters = f"streams/{int(request.kind)}"
             after = _decode_token(request.page_token, filters)
             ingest = self._ingest()
@@ -305,8 +312,6 @@ def _errors(context: Context) -> errors_as_status:
 
 
 def _status_of(exc: BaseException) -> StatusError | None:
-    if isinstance(exc, StatusError):
-        return exc
     if isinstance(exc, CameraNotFound):
         return status_error(
             grpc.StatusCode.NOT_FOUND, f"camera {exc} is not registered", reason="CAMERA_NOT_FOUND"
@@ -334,20 +339,9 @@ def _status_of(exc: BaseException) -> StatusError | None:
     return None
 
 
-def _check(violations: list[tuple[str, str]]) -> None:
-    if violations:
-        first = violations[0]
-        raise status_error(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"invalid {first[0]}: {first[1]}"
-            + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""),
-            field_violations=violations,
-        )
-
-
 def _check_page_size(page_size: int) -> None:
     if not 0 <= page_size <= MAX_PAGE_SIZE:
-        _check([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
+        raise_for_violations([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -384,7 +378,7 @@ def _stream_info(stream: StreamSnapshot) -> streaming_pb2.StreamInfo:
 
 def _require_id(value: str, field: str) -> None:
     if not value:
-        _check([(field, "required")])
+        raise_for_violations([(field, "required")])
 
 
 def _input_camera(camera: common_pb2.Camera) -> common_pb2.Camera:
@@ -417,8 +411,8 @@ def _decode_token(token: str, filters: str) -> str:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         after, token_filters = data["a"], data["f"]
     except (ValueError, KeyError, TypeError, binascii.Error):
-        _check([("page_token", "not a token this server issued")])
+        raise_for_violations([("page_token", "not a token this server issued")])
         raise AssertionError("unreachable") from None
     if token_filters != filters or not isinstance(after, str):
-        _check([("page_token", "only valid with the same filters")])
+        raise_for_violations([("page_token", "only valid with the same filters")])
     return str(after)
