@@ -193,6 +193,8 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": urls.kafka_bootstrap_servers,
                 "ITSMESH_DATA_DIR": str(data_dir),
                 **{f"ITSMESH_{name.upper()}_MIGRATE_ON_START": "false" for name in endpoints},
+                # Each service's own account for its outgoing calls (mesh.credentials reads the file).
+                "ITSMESH_AUTH_PROVISION_SERVICE_ACCOUNTS": ",".join(n for n in endpoints if n != "auth"),
             }
             if "ITSMESH_AUTH_URL" not in os.environ:  # services read the JWKS from wherever auth listens
                 env["ITSMESH_AUTH_URL"] = f"http://127.0.0.1:{auth_http_port}"

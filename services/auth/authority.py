@@ -28,6 +28,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
+from mesh.credentials import credentials_path, read_credentials, write_credentials
 from mesh.interceptors import Principal, current_trace_ids
 from mesh.permissions import ROLE_PERMISSIONS, permissions_for
 from mesh.tokens import JwtAuthenticator, TokenRejected
@@ -170,6 +171,7 @@ class Authority:
             await self.maintain_signing_keys()
             await self.current_signer()  # fails start-up now if the stored key does not open
             await self.bootstrap_admin()
+            await self.provision_service_accounts()
             maintenance = asyncio.create_task(self._maintain_periodically(), name="signing-key-maintenance")
             yield self
         finally:
@@ -1138,6 +1140,29 @@ class Authority:
                 store=tx,
             )
         return account, secret
+
+    async def provision_service_accounts(self) -> None:
+        """Give each configured service an account and a credentials file it can read on this machine.
+
+        An account whose file is gone (or a file whose account is gone) is replaced, so a wiped database or
+        data directory heals on the next start; the secret exists only in the 0600 file.
+        """
+        for name in self.settings.provisioned_services:
+            account_id = f"svc-{name}"
+            path = credentials_path(self.settings.data_dir, name)
+            existing = await self.store.get_service_account(account_id)
+            if existing is not None and read_credentials(path) is not None:
+                continue
+            if existing is not None:
+                await self.store.delete_service_account(account_id)
+            _, secret = await self.create_service_account(
+                SYSTEM,
+                service_account_id=account_id,
+                description=f"the {name} service (provisioned at start)",
+                roles=("service",),
+            )
+            write_credentials(path, account_id, secret)
+            log.info("provisioned a service account", extra={"account": account_id, "path": str(path)})
 
     async def list_service_accounts(self, *, page_size: int, page_token: str) -> Page[ServiceAccount]:
         """Service accounts ordered by id."""

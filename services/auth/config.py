@@ -44,6 +44,16 @@ class AuthSettings(AuthClientSettings):
         5, ge=1, description="Failed logins from one source address within the lockout window that lock it."
     )
     totp_issuer: str = Field("itsmesh", description="Issuer shown by authenticator apps.")
+    provision_service_accounts: str = Field(
+        "",
+        description="Comma-separated service names that get a service account and a 0600 credentials file "
+        "under DATA_DIR/credentials/ at start (`itsmesh up` sets it; production passes secrets instead).",
+    )
+
+    @property
+    def provisioned_services(self) -> tuple[str, ...]:
+        """The names in ``provision_service_accounts``."""
+        return tuple(name.strip() for name in self.provision_service_accounts.split(",") if name.strip())
 
     @field_validator("require_auth")
     @classmethod

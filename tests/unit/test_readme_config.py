@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from mesh.credentials import ServiceCredentialSettings
 from mesh.events import KafkaSettings
 from mesh.settings import EmbeddedPortSettings, InfraSettings
 from services.alert.config import AlertSettings
@@ -45,7 +46,13 @@ def _generic(name: str, cls: type[BaseSettings]) -> str:
 def test_every_setting_is_documented_in_the_readme():
     documented = _documented()
     missing = []
-    for cls in [InfraSettings, EmbeddedPortSettings, KafkaSettings, *SERVICE_SETTINGS]:
+    for cls in [
+        InfraSettings,
+        EmbeddedPortSettings,
+        KafkaSettings,
+        ServiceCredentialSettings,
+        *SERVICE_SETTINGS,
+    ]:
         for field, env in _env_names(cls).items():
             if field == "http_port" and cls.model_fields[field].default is None:
                 continue  # this service has no HTTP API
@@ -56,7 +63,13 @@ def test_every_setting_is_documented_in_the_readme():
 
 def test_every_documented_variable_exists():
     known: set[str] = set()
-    for cls in [InfraSettings, EmbeddedPortSettings, KafkaSettings, *SERVICE_SETTINGS]:
+    for cls in [
+        InfraSettings,
+        EmbeddedPortSettings,
+        KafkaSettings,
+        ServiceCredentialSettings,
+        *SERVICE_SETTINGS,
+    ]:
         for env in _env_names(cls).values():
             known |= {env, _generic(env, cls)}
     assert _documented() - known == set()
