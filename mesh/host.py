@@ -28,6 +28,7 @@ from mesh.logs import configure_logging
 from mesh.migrations import apply_migrations
 from mesh.registry import Registration
 from mesh.settings import ServiceSettings
+from mesh.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ class ServiceSpec:
 class ServiceHost:
     """Runs a `ServiceSpec`: call `run()` in a process, or `start()`/`stop()` from tests."""
 
-    def __init__(self, spec: ServiceSpec) -> None:
+    def __init__(self, spec: ServiceSpec, *, tls: TlsSettings | None = None) -> None:
         self.spec = spec
         self.settings = spec.settings
+        self.tls = tls if tls is not None else TlsSettings()  # ITSMESH_TLS_*: plaintext unless enabled
         self.started_at = time.time()
         self.draining = asyncio.Event()
         self.grpc_port: int | None = None
@@ -147,7 +149,10 @@ class ServiceHost:
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{self.settings.bind_host}:{self.settings.grpc_port}"
         try:
-            port = server.add_insecure_port(address)
+            if self.tls.enabled:
+                port = server.add_secure_port(address, self.tls.server_credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError without the reason
             raise OSError(
                 f"{self.spec.name}: cannot listen for gRPC on {address} — the port is taken or the address "

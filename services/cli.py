@@ -209,6 +209,34 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
 
 
 @app.command()
+def certs(
+    directory: Annotated[
+        Path, typer.Option("--out", help="Directory for ca.pem/ca.key and one <name>.pem/.key each.")
+    ] = Path(".itsmesh/tls"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra DNS name or IP every certificate is valid for (repeatable)."),
+    ] = None,
+) -> None:
+    """Generate a development CA and a certificate per service (plus `client`) for mTLS between services.
+
+    Then set ITSMESH_TLS_ENABLED=true, ITSMESH_TLS_CA_FILE=DIR/ca.pem and each process's
+    ITSMESH_TLS_CERT_FILE/ITSMESH_TLS_KEY_FILE. Keys are written mode 0600. Not for production CAs.
+    """
+    from mesh.tls import create_ca, issue_certificate
+
+    hosts = ["localhost", "127.0.0.1", "::1", *(host or [])]
+    try:
+        ca = create_ca(directory)
+        for name in [*(service.value for service in ServiceName), "client"]:
+            issued = issue_certificate(ca, directory, name, hosts)
+            out.print(f"{name}: {issued.cert_file} {issued.key_file}", highlight=False)
+    except OSError as exc:
+        fail(f"certs: {exc}")
+    out.print(f"CA: {ca.cert_file} (its key {ca.key_file} signs nothing else; keep it private)")
+
+
+@app.command()
 def status(
     window: Annotated[
         float, typer.Option(help="Seconds over which recent rps and error rate are measured.")

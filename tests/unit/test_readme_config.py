@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 from mesh.credentials import ServiceCredentialSettings
 from mesh.events import KafkaSettings
 from mesh.settings import EmbeddedPortSettings, InfraSettings
+from mesh.tls import TlsSettings
 from services.alert.config import AlertSettings
 from services.analytics.config import AnalyticsSettings
 from services.auth.config import AuthSettings
@@ -51,6 +52,7 @@ def test_every_setting_is_documented_in_the_readme():
         EmbeddedPortSettings,
         KafkaSettings,
         ServiceCredentialSettings,
+        TlsSettings,
         *SERVICE_SETTINGS,
     ]:
         for field, env in _env_names(cls).items():
@@ -68,6 +70,7 @@ def test_every_documented_variable_exists():
         EmbeddedPortSettings,
         KafkaSettings,
         ServiceCredentialSettings,
+        TlsSettings,
         *SERVICE_SETTINGS,
     ]:
         for env in _env_names(cls).values():
