@@ -7,7 +7,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/itsmesh"
@@ -54,11 +54,22 @@ class InfraSettings(BaseSettings):
     )
 
 
+def _own_address() -> str:
+    """This host's address as other hosts reach it (a container's IP on its network)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 class ServiceSettings(InfraSettings):
     """Settings every service process shares; each service subclasses it with its own env prefix."""
 
     bind_host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
-    advertise_host: str = Field("127.0.0.1", description="Address registered in discovery for clients.")
+    advertise_host: str = Field(
+        "127.0.0.1",
+        description="Address registered in discovery for clients; `auto` = this host's own IP (containers).",
+    )
     grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     http_port: int | None = Field(None, ge=0, le=65535, description="HTTP port for services with a REST API.")
     instance_id: str = Field(default_factory=_default_instance_id, description="Unique id of this instance.")
@@ -84,6 +95,12 @@ class ServiceSettings(InfraSettings):
     registry_ttl_s: float = Field(
         10.0, gt=0, description="Discovery lease; a silent instance leaves after it."
     )
+
+    @field_validator("advertise_host")
+    @classmethod
+    def _resolve_auto(cls, value: str) -> str:
+        # Replicas behind one service name each need their own reachable address in discovery.
+        return _own_address() if value == "auto" else value
 
 
 class EmbeddedPortSettings(BaseSettings):
