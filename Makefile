@@ -19,7 +19,7 @@ $(PY):
 
 $(INSTALLED): pyproject.toml requirements.lock setup.py | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint requirements.lock --editable '.[dev,embedded]' \
+	$(PY) -m pip install --quiet --constraint requirements.lock --editable '.[dev,embedded,otlp]' \
 		--config-settings editable_mode=compat
 	touch $@
 
@@ -55,7 +55,7 @@ bench: $(STUBS)  ## benchmarks against raw baselines; QUICK=1 for the short form
 lock: | $(PY)  ## re-resolve requirements.lock from pyproject.toml
 	rm -rf /tmp/itsmesh-lock && $(PYTHON) -m venv /tmp/itsmesh-lock
 	/tmp/itsmesh-lock/bin/pip install --quiet --upgrade pip
-	/tmp/itsmesh-lock/bin/pip install --quiet '.[dev,embedded]'
+	/tmp/itsmesh-lock/bin/pip install --quiet '.[dev,embedded,otlp]'
 	/tmp/itsmesh-lock/bin/pip freeze --exclude itsmesh | grep -v '^-e' > requirements.lock
 
 clean:  ## remove the virtualenv, generated stubs and local data
