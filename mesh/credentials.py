@@ -92,8 +92,9 @@ def service_token(
 ) -> ServiceToken:
     """The token provider of ``service_name``: env credentials first, else its provisioned file."""
     settings = settings if settings is not None else ServiceCredentialSettings()
-    if settings.service_client_id and settings.service_client_secret is not None:
-        pair = (settings.service_client_id, settings.service_client_secret.get_secret_value())
+    secret = settings.service_client_secret
+    if settings.service_client_id and secret is not None and secret.get_secret_value():
+        pair = (settings.service_client_id, secret.get_secret_value())
         return ServiceToken(settings.auth_url, pair, None)
     directory = data_dir if data_dir is not None else InfraSettings().data_dir
     return ServiceToken(settings.auth_url, None, credentials_path(directory, service_name))

@@ -9,6 +9,8 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.tls import TlsSettings, open_channel
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
@@ -23,10 +25,12 @@ class ProbeResult:
         return self.status == "SERVING"
 
 
-async def probe_grpc(address: str, service: str = "", timeout_s: float = 1.0) -> ProbeResult:
+async def probe_grpc(
+    address: str, service: str = "", timeout_s: float = 1.0, tls: TlsSettings | None = None
+) -> ProbeResult:
     """Check `service` at `address` (host:port); DOWN with the reason when it does not answer."""
     started = time.perf_counter()
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

@@ -60,6 +60,7 @@ from mesh.endpoints import (
     encode_record,
     renewed_at,
 )
+from mesh.redis_connect import connect_redis
 from mesh.retry import RetryPolicy
 from mesh.tasks import stop_task
 
@@ -137,7 +138,7 @@ class RegistryKeys:
 
 def open_redis(url: str) -> Redis:
     """A client tuned for discovery: short timeouts and one quick retry, so outages are noticed fast."""
-    return Redis.from_url(
+    return connect_redis(
         url,
         socket_connect_timeout=1.0,
         socket_timeout=DEFAULT_OP_TIMEOUT_S,

@@ -58,6 +58,7 @@ from mesh.interceptors.auth import (
     bearer_token,
 )
 from mesh.permissions import METHOD_PERMISSIONS, is_anonymous, permissions_for
+from mesh.redis_connect import connect_redis
 from mesh.settings import ServiceSettings
 from mesh.status import StatusError
 
@@ -674,7 +675,7 @@ class JwtAuthenticator:
         tasks: list[asyncio.Task[None]] = []
         redis: Redis | None = None
         if self._redis_url is not None:
-            redis = Redis.from_url(self._redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+            redis = connect_redis(self._redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
             tasks.append(asyncio.create_task(self._mirror_revocations(redis), name="token-revocations"))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sync_timeout_s):

@@ -209,6 +209,25 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
 
 
 @app.command()
+def health(
+    target: Annotated[str, typer.Argument(help="host:port of a gRPC server, or an http(s):// URL.")],
+    service: Annotated[str, typer.Option(help="grpc.health.v1 service name ('' = the whole server).")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 2.0,
+) -> None:
+    """Exit 0 when TARGET answers SERVING (grpc.health.v1, or HTTP 2xx); container health checks use it."""
+    from mesh.probe import probe_grpc, probe_http
+    from mesh.tls import TlsSettings
+
+    if target.startswith(("http://", "https://")):
+        result = asyncio.run(probe_http(target, timeout_s=timeout))
+    else:  # with ITSMESH_TLS_ENABLED the probe presents this container's own certificate
+        result = asyncio.run(probe_grpc(target, service, timeout_s=timeout, tls=TlsSettings()))
+    if not result.serving:
+        fail(f"{target}: {result.status} {result.error}".strip())
+    out.print(f"{target}: SERVING ({result.latency_ms:.1f} ms)", highlight=False)
+
+
+@app.command()
 def certs(
     directory: Annotated[
         Path, typer.Option("--out", help="Directory for ca.pem/ca.key and one <name>.pem/.key each.")

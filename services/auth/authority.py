@@ -26,11 +26,11 @@ from typing import Any, Final, NoReturn
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
-from redis.asyncio import Redis
 
 from mesh.credentials import credentials_path, read_credentials, write_credentials
 from mesh.interceptors import Principal, current_trace_ids
 from mesh.permissions import ROLE_PERMISSIONS, permissions_for
+from mesh.redis_connect import connect_redis
 from mesh.tokens import JwtAuthenticator, TokenRejected
 from services.auth import keys as signing_keys
 from services.auth import passwords, totp
@@ -164,7 +164,7 @@ class Authority:
         self._box = SecretBox(key)
         log.info("auth secret key loaded", extra={"key_fingerprint": self._box.fingerprint})
         pool = await open_pool(settings.database_url)
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        redis = connect_redis(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
         self._store, self._state = AuthStore(pool), RedisState(redis)
         maintenance: asyncio.Task[None] | None = None
         try:

@@ -22,8 +22,9 @@ def free_port() -> int:
 class PrivateValkey:
     """A valkey-server of a test's own, to stop and start again while clients run."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra_args: str) -> None:
         self.port = free_port()
+        self._extra_args = extra_args
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
         self._process: asyncio.subprocess.Process | None = None
@@ -33,6 +34,7 @@ class PrivateValkey:
             str(require_binary("redis")),
             *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self._directory)),
             *("--save", "", "--appendonly", "no", "--logfile", ""),
+            *self._extra_args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

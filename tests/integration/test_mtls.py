@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,3 +102,35 @@ async def test_server_from_another_ca_is_not_trusted(mtls_host, pki):
 def test_enabled_without_files_names_the_missing_variables():
     with pytest.raises(ValueError, match="ITSMESH_TLS_CA_FILE, ITSMESH_TLS_CERT_FILE, ITSMESH_TLS_KEY_FILE"):
         TlsSettings(enabled=True).server_credentials()
+
+
+async def _health_command(address: str, env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "health",
+        address,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
+
+
+async def test_health_command_presents_the_configured_certificate(mtls_host, pki):
+    env = {
+        "ITSMESH_TLS_ENABLED": "true",
+        "ITSMESH_TLS_CA_FILE": str(pki["ca"].cert_file),
+        "ITSMESH_TLS_CERT_FILE": str(pki["client"].cert_file),
+        "ITSMESH_TLS_KEY_FILE": str(pki["client"].key_file),
+    }
+    code, output = await _health_command(mtls_host, env)
+    assert code == 0, output
+    assert "SERVING" in output
+
+    code, output = await _health_command(mtls_host, {"ITSMESH_TLS_ENABLED": "false"})
+    assert code == 1
+    assert output.startswith("error:")
+    assert "DOWN" in output
