@@ -65,6 +65,7 @@ from mesh.status import StatusError
 __all__ = [
     "ALLOWED_ALGORITHM",
     "ANONYMOUS",
+    "SUBJECT_PREFIX",
     "AuthClientSettings",
     "HttpJwksSource",
     "JwksSource",
@@ -80,7 +81,9 @@ __all__ = [
     "load_jwks",
     "principal_of",
     "read_header",
+    "revoke_subject",
     "revoke_token_id",
+    "subject_member",
     "token_auth",
 ]
 
@@ -337,31 +340,51 @@ def principal_of(token: VerifiedToken) -> Principal:
 
 
 class RevokedTokens:
-    """Revoked token ids with the time their tokens expire; entries past it are forgotten."""
+    """Revoked token ids, and revoked subjects (devices, accounts), with the time their entries expire.
 
-    __slots__ = ("_expiry",)
+    A revoked subject's tokens issued at or before the revocation are rejected; tokens issued later (a
+    device registered again under the same id) are not. Entries past their expiry are forgotten.
+    """
+
+    __slots__ = ("_expiry", "_subjects")
 
     def __init__(self) -> None:
         self._expiry: dict[str, float] = {}
+        self._subjects: dict[str, tuple[float, float]] = {}  # subject → (revoked at, entry expires at)
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._expiry) + len(self._subjects)
 
-    def add(self, token_id: str, expires_at: float) -> None:
-        """Remember one revocation."""
-        self._expiry[token_id] = max(expires_at, self._expiry.get(token_id, expires_at))
+    def add(self, member: str, expires_at: float) -> None:
+        """Remember one revocation: a jti, or a ``subject_member`` string."""
+        if member.startswith(SUBJECT_PREFIX):
+            subject, _, revoked_at = member[len(SUBJECT_PREFIX) :].rpartition("@")
+            with contextlib.suppress(ValueError):
+                at = float(revoked_at)
+                previous = self._subjects.get(subject, (at, expires_at))
+                self._subjects[subject] = (max(at, previous[0]), max(expires_at, previous[1]))
+            return
+        self._expiry[member] = max(expires_at, self._expiry.get(member, expires_at))
 
     def replace(self, items: Iterable[tuple[str, float]]) -> None:
         """Replace the whole list with a fresh read of it."""
-        self._expiry = dict(items)
+        self._expiry, self._subjects = {}, {}
+        for member, expires_at in items:
+            self.add(member, expires_at)
 
-    def is_revoked(self, token_id: str) -> bool:
-        """Whether ``token_id`` was revoked (expired tokens fail on ``exp`` anyway)."""
-        return token_id in self._expiry
+    def is_revoked(self, token_id: str, subject: str | None = None, issued_at: object = None) -> bool:
+        """Whether the token ``token_id`` of ``subject`` issued at ``issued_at`` (unix s) is revoked."""
+        if token_id in self._expiry:
+            return True
+        if subject is None or subject not in self._subjects:
+            return False
+        # A token without a usable iat cannot prove it came after the revocation.
+        return not isinstance(issued_at, int | float) or issued_at <= self._subjects[subject][0]
 
     def prune(self, now: float) -> None:
         """Forget revocations of tokens that have expired."""
         self._expiry = {jti: exp for jti, exp in self._expiry.items() if exp > now}
+        self._subjects = {sub: entry for sub, entry in self._subjects.items() if entry[1] > now}
 
 
 class RefetchBudget:
@@ -467,6 +490,23 @@ class RevocationKeys:
     def channel(self) -> str:
         """Pub/sub channel announcing ``"<jti> <exp>"`` for each new revocation."""
         return f"{self.namespace}:revocations"
+
+
+SUBJECT_PREFIX: Final = "subject:"
+"""Revocation-list members of the form ``subject:<sub>@<revoked at>`` revoke every earlier token of <sub>."""
+
+
+def subject_member(subject: str, revoked_at: float) -> str:
+    """The revocation-list member that revokes ``subject``'s tokens issued up to ``revoked_at``."""
+    return f"{SUBJECT_PREFIX}{subject}@{revoked_at:.3f}"
+
+
+async def revoke_subject(
+    redis: Redis, subject: str, revoked_at: float, until: float, *, keys: RevocationKeys | None = None
+) -> None:
+    """Revoke every token of ``subject`` issued up to ``revoked_at``; remembered until ``until`` (the
+    latest such token's expiry)."""
+    await revoke_token_id(redis, subject_member(subject, revoked_at), until, keys=keys)
 
 
 async def revoke_token_id(
@@ -605,7 +645,9 @@ class JwtAuthenticator:
         key = VerifiedTokenCache.key(token)
         entry = self.cache.get(key, now)
         if entry is not None:
-            if self.revoked.is_revoked(entry.token_id):
+            if self.revoked.is_revoked(
+                entry.token_id, entry.principal.subject, entry.principal.claims.get("iat")
+            ):
                 raise TokenRejected("REVOKED", "token has been revoked")
             return entry.principal
         verified = await self.verify(token, now=now)
@@ -622,7 +664,7 @@ class JwtAuthenticator:
         if kid not in self.verifier.keys:
             await self._refetch_for(kid)
         verified = self.verifier.verify(token, now, audience=audience, kid=kid)
-        if self.revoked.is_revoked(verified.token_id):
+        if self.revoked.is_revoked(verified.token_id, verified.subject, verified.claims.get("iat")):
             raise TokenRejected("REVOKED", "token has been revoked")
         return verified
 
@@ -746,7 +788,7 @@ class JwtAuthenticator:
         self.revocations_synced.set()
 
     def _on_revocation(self, data: object) -> None:
-        token_id, _, expires = _text(data).partition(" ")
+        token_id, _, expires = _text(data).rpartition(" ")
         try:
             self.revoked.add(token_id, float(expires))
         except ValueError:

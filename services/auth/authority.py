@@ -578,6 +578,11 @@ class Authority:
             await self.state.revoke(jti, expires_at.timestamp())
         return len(jtis)
 
+    async def _revoke_subject_tokens(self, subject: str) -> None:
+        """Tokens already issued to a deleted or disabled device/account stop working everywhere now."""
+        now = self._clock()
+        await self.state.revoke_subject(subject, now, now + self.settings.access_token_ttl_s)
+
     async def revoke(self, caller: Caller, token: str, *, hint: str = "") -> None:
         """Revoke an access token (its jti) or a refresh token (its family); unknown tokens are no error."""
         looks_like_jwt = token.count(".") == 2
@@ -1056,12 +1061,15 @@ class Authority:
             raise NotFound("device", device_id)
         fields = sorted(n for n in ("name", "labels", "disabled") if getattr(changes, n) is not None)
         await self.audit(caller, "DEVICE_UPDATED", target=device_id, details={"fields": fields})
+        if changes.disabled:
+            await self._revoke_subject_tokens(device_id)
         return device
 
     async def delete_device(self, caller: Caller, device_id: str) -> None:
         """Delete a device with its credentials."""
         if not await self.store.delete_device(device_id):
             raise NotFound("device", device_id)
+        await self._revoke_subject_tokens(device_id)
         await self.audit(caller, "DEVICE_DELETED", target=device_id)
 
     async def rotate_device_credentials(
@@ -1172,6 +1180,7 @@ class Authority:
         """Delete a service account."""
         if not await self.store.delete_service_account(service_account_id):
             raise NotFound("service account", service_account_id)
+        await self._revoke_subject_tokens(service_account_id)
         await self.audit(caller, "SERVICE_ACCOUNT_DELETED", target=service_account_id)
 
 

@@ -14,7 +14,7 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from mesh.tokens import RevocationKeys, revoke_token_id
+from mesh.tokens import RevocationKeys, revoke_subject, revoke_token_id
 from services.auth.errors import Unavailable
 from services.auth.lockout import LockoutPolicy
 
@@ -59,6 +59,13 @@ class RedisState:
             await revoke_token_id(self._redis, token_id, expires_at, keys=self._revocation_keys)
         except _REDIS_ERRORS as exc:
             raise Unavailable("the revocation list is unreachable; the token was not revoked") from exc
+
+    async def revoke_subject(self, subject: str, revoked_at: float, until: float) -> None:
+        """Revoke every access token of ``subject`` issued up to ``revoked_at`` (they expire by ``until``)."""
+        try:
+            await revoke_subject(self._redis, subject, revoked_at, until, keys=self._revocation_keys)
+        except _REDIS_ERRORS as exc:
+            raise Unavailable("the revocation list is unreachable; the tokens were not revoked") from exc
 
     async def source_lock_remaining(self, source: str) -> float:
         """Seconds the source address is still locked for (0 = not locked, or Redis unreachable)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -133,7 +134,8 @@ async def test_a_registered_device_exchanges_its_api_key_for_a_device_token_that
         with pytest.raises(grpc.aio.AioRpcError) as streamed:
             async for _ in stream:
                 pass
-        assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED, "authorized, handled by the skeleton"
+        # authorized: the stream gets as far as the handler, which wants an `open` message first
+        assert streamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         denied = await expect_rpc_error(
             stub.GetCamera(
                 streaming_pb2.GetCameraRequest(camera_id=device_id), metadata=bearer(reply.access_token)
@@ -265,3 +267,33 @@ async def test_a_service_calls_another_with_a_service_token_from_its_client_cred
     bad = ServiceTokenSource(stack.auth_http, account.service_account_id, "ims_not-the-secret")
     with pytest.raises(Unauthenticated, match="refused"):
         await bad()
+
+
+async def test_tokens_already_issued_to_a_deleted_device_stop_working_at_once(stack, admin):
+    device_id = unique("cam")
+    api_key = (await _register(stack, admin, device_id)).credentials.api_key
+    token = (await _exchange(stack, device_id, api_key)).access_token
+
+    async def submit() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(stack.address("streaming")) as channel:
+            call = streaming_pb2_grpc.StreamingServiceStub(channel).SubmitTelemetry(
+                streaming_pb2.SubmitTelemetryRequest(), metadata=bearer(token), timeout=5
+            )
+            return (await expect_rpc_error(call)).code
+
+    # Authorized (the empty request itself is then refused or unhandled, which is not the point here).
+    assert await submit() != grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(stack.auth_grpc) as channel:
+        await auth_pb2_grpc.AuthServiceStub(channel).DeleteDevice(
+            auth_pb2.DeleteDeviceRequest(device_id=device_id), metadata=bearer(admin), timeout=5
+        )
+    deadline = time.monotonic() + 3.0
+    while (code := await submit()) != grpc.StatusCode.UNAUTHENTICATED:
+        assert time.monotonic() < deadline, f"the deleted device's token still gets {code.name}"
+        await asyncio.sleep(0.05)
+
+    # A device registered again under the same id gets tokens that work.
+    api_key = (await _register(stack, admin, device_id)).credentials.api_key
+    await asyncio.sleep(1.1)  # iat has one-second resolution; the new token must postdate the revocation
+    token = (await _exchange(stack, device_id, api_key)).access_token
+    assert await submit() != grpc.StatusCode.UNAUTHENTICATED
