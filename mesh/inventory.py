@@ -18,6 +18,7 @@ from mesh.client import BreakerRecord, read_breakers
 from mesh.endpoints import Instance
 from mesh.probe import ProbeResult, probe_grpc
 from mesh.registry import list_instances, list_services
+from mesh.tls import TlsSettings
 
 _REQUESTS = "itsmesh_grpc_server_requests"
 
@@ -90,7 +91,8 @@ async def collect_inventory(
 
     first = await asyncio.gather(*(counts(i) for i in instances))
     started = time.monotonic()
-    health = await asyncio.gather(*(probe_grpc(i.address, timeout_s=timeout_s) for i in instances))
+    tls = TlsSettings()  # ITSMESH_TLS_*: probe mTLS meshes with this process's certificate
+    health = await asyncio.gather(*(probe_grpc(i.address, timeout_s=timeout_s, tls=tls) for i in instances))
     await asyncio.sleep(max(0.0, window_s - (time.monotonic() - started)))
     second = await asyncio.gather(*(counts(i) for i in instances))
     elapsed = time.monotonic() - started

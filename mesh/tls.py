@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -65,14 +67,19 @@ class TlsSettings(BaseSettings):
 
 
 def open_channel(
-    address: str, tls: TlsSettings | None = None, options: list[tuple[str, object]] | None = None
+    address: str,
+    tls: TlsSettings | None = None,
+    options: Sequence[tuple[str, Any]] | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to ``address``: secure when ``tls`` is enabled, plaintext otherwise."""
-    opts: list[tuple[str, object]] = list(options or [])
+    opts: list[tuple[str, Any]] = list(options or [])
     if tls is not None and tls.enabled:
         opts.extend(tls.channel_options())
-        return grpc.aio.secure_channel(address, tls.channel_credentials(), options=opts)
-    return grpc.aio.insecure_channel(address, options=opts)
+        return grpc.aio.secure_channel(
+            address, tls.channel_credentials(), options=opts, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)
 
 
 # --- development CA ----------------------------------------------------------------------------------------
