@@ -8,10 +8,26 @@ import tempfile
 from pathlib import Path
 
 from infrastructure.embedded import EmbeddedInfra, free_ports
-from tests.perf import bench_alert, bench_auth, bench_console, bench_host, bench_mesh, bench_streaming
+from tests.perf import (
+    bench_alert,
+    bench_analytics_core,
+    bench_auth,
+    bench_console,
+    bench_host,
+    bench_mesh,
+    bench_streaming,
+)
 from tests.perf.results import BenchResult, write_results
 
-BENCHMARKS = [bench_host, bench_mesh, bench_auth, bench_console, bench_streaming, bench_alert]
+BENCHMARKS = [
+    bench_host,
+    bench_mesh,
+    bench_auth,
+    bench_console,
+    bench_streaming,
+    bench_alert,
+    bench_analytics_core,
+]
 
 
 async def main(quick: bool, out_dir: Path) -> None:
