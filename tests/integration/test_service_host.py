@@ -12,8 +12,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from itsmesh.v1 import analytics_pb2, analytics_pb2_grpc, common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.host import GrpcService, ServiceHost, ServiceSpec
-from services.analytics.config import AnalyticsSettings
-from services.analytics.service import build as build_analytics
 from services.auth.config import AuthSettings
 from services.auth.service import build as build_auth
 from services.streaming.config import StreamingSettings
@@ -82,14 +80,21 @@ async def test_reflection_lists_the_service_and_health(infra):
         await host.stop()
 
 
-async def test_skeleton_rpcs_answer_unimplemented_not_internal(infra):
-    settings = AnalyticsSettings(
-        **{**_settings(infra).model_dump(include={"database_url", "redis_url", "bind_host"})},
-        grpc_port=0,
-        migrate_on_start=False,
-        require_auth=False,
+async def test_rpcs_a_servicer_leaves_out_answer_unimplemented_not_internal(infra):
+    spec = ServiceSpec(
+        name="analytics",
+        settings=_settings(infra, migrate_on_start=False),
+        grpc_services=[
+            GrpcService.from_generated(
+                analytics_pb2,
+                analytics_pb2_grpc,
+                "AnalyticsService",
+                analytics_pb2_grpc.AnalyticsServiceServicer(),
+            )
+        ],
+        uses_database=False,
     )
-    host = ServiceHost(build_analytics(settings))
+    host = ServiceHost(spec)
     await host.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel:

@@ -10,6 +10,7 @@ from pathlib import Path
 from infrastructure.embedded import EmbeddedInfra, free_ports
 from tests.perf import (
     bench_alert,
+    bench_analytics,
     bench_analytics_core,
     bench_auth,
     bench_console,
@@ -26,7 +27,9 @@ BENCHMARKS = [
     bench_console,
     bench_streaming,
     bench_alert,
+    bench_analytics,
     bench_analytics_core,
+    bench_analytics,
 ]
 
 
