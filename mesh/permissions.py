@@ -284,6 +284,15 @@ HTTP_ROUTE_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
         "GET /api/status": "status:read",
         "GET /api/status/stream": "status:read",
         "GET /ws/status": "status:read",  # the WebSocket handshake
+        "GET /api/cameras": "camera_status:read",
+        "GET /api/cameras/{camera_id}/thumbnail": "frames:read",
+        "GET /api/alerts": "alerts:read",
+        "POST /api/alerts/{alert_id}/acknowledge": "alerts:acknowledge",
+        "GET /api/analytics/metrics": "metrics:read",
+        "GET /api/analytics/metrics/export": "metrics:export",
+        "GET /api/analytics/passages": "passages:read",
+        "GET /api/analytics/violations": "violations:read",
+        "GET /api/analytics/anomalies": "anomalies:read",
         "GET /metrics": "health:read",  # Prometheus scrapes without a token, as on every metrics port
     }
 )

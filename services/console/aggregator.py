@@ -15,7 +15,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,8 +34,10 @@ from services.console.status import (
     down,
     is_urgent,
     overview,
+    service_summaries,
     traffic_mode,
     transitions,
+    unchecked,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ DEFAULT_INTERVAL_S: Final = 1.0
 """Seconds between status vectors."""
 DEFAULT_TIMEOUT_S: Final = 0.8
 """Longest one check may take; it ends before the next tick so ticks never pile up."""
+INSTANCE_TIMEOUT_SHARE: Final = 0.75
+"""Share of ``timeout_s`` one instance's probe and scrape may take."""
 HISTORY_SIZE: Final = 200
 """Up/down transitions kept for the dashboard."""
 
@@ -91,6 +95,7 @@ class StatusAggregator:
         registry_namespace: str | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        counts: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -101,7 +106,13 @@ class StatusAggregator:
         self._postgres = PostgresCheck(database_url)
         self._redis_check = RedisCheck(self._redis)
         self._kafka = KafkaCheck(kafka_bootstrap_servers)
-        self._instances = InstanceChecks(self._redis, timeout_s=timeout_s, namespace=registry_namespace)
+        # Each instance gets less than the whole listing, so one slow instance is shown down on its own
+        # instead of timing the listing out and losing every instance from the vector.
+        self._instances = InstanceChecks(
+            self._redis, timeout_s=timeout_s * INSTANCE_TIMEOUT_SHARE, namespace=registry_namespace
+        )
+        self._known_instances: list[ComponentStatus] = []
+        self._counts = counts
         self._gone = GoneInstances()
         self._statuses: dict[str, Status] = {}
         self.history: list[Transition] = []
@@ -187,18 +198,21 @@ class StatusAggregator:
                 self._publish_partial(result)
             return result
 
-        infra_results = await asyncio.gather(
-            bounded("postgresql", "postgresql", self._postgres()),
-            bounded("redis", "redis", self._redis_check()),
-            bounded("kafka", "kafka", self._kafka()),
-            bounded("discovery", "discovery", self._instances(started, self._wall())),
+        infra_results, counts = await asyncio.gather(
+            asyncio.gather(
+                bounded("postgresql", "postgresql", self._postgres()),
+                bounded("redis", "redis", self._redis_check()),
+                bounded("kafka", "kafka", self._kafka()),
+                bounded("discovery", "discovery", self._instances(started, self._wall())),
+            ),
+            self._bounded_counts(),
         )
         infra: list[ComponentStatus] = list(infra_results[:3])
         listed = infra_results[3]
         discovery_error = ""
         if isinstance(listed, ComponentStatus):  # discovery itself failed: instances are unknown
             discovery_error = listed.error
-            instances: list[ComponentStatus] = []
+            instances: list[ComponentStatus] = unchecked(self._known_instances, listed.error)
         else:
             instances = list(listed)
             for component in instances:
@@ -209,13 +223,27 @@ class StatusAggregator:
                 if newly_down and not urgent_sent.is_set():
                     urgent_sent.set()
                     self._publish_partial(component)
+        if not discovery_error:
+            self._known_instances = instances
         gone = self._gone.update(instances, started) if not discovery_error else []
         components = infra + sorted([*instances, *gone], key=lambda c: c.name)
-        vector = self._assemble(components, discovery_error, started, trigger)
+        vector = self._assemble(components, discovery_error, started, trigger, counts)
         TICKS.inc()
         TICK_SECONDS.observe(self._clock() - started)
         await self._install(vector)
         return vector
+
+    async def _bounded_counts(self) -> Mapping[str, Any]:
+        """Cameras, frames and alerts from the services; empty (shown as n/a) when they do not answer."""
+        if self._counts is None:
+            return {}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._counts()
+        except Exception as exc:  # the services' own health is shown by their instance checks
+            CHECK_FAILURES.labels("counts").inc()
+            log.debug("service counts unavailable", extra={"error": str(exc)[:200]})
+            return {}
 
     def _publish_partial(self, component: ComponentStatus) -> None:
         """Push a just-detected outage before the tick completes: the last vector with that component down."""
@@ -231,7 +259,12 @@ class StatusAggregator:
         self.broadcaster.publish(json.dumps(body, separators=(",", ":")))
 
     def _assemble(
-        self, components: Sequence[ComponentStatus], discovery_error: str, started: float, trigger: str
+        self,
+        components: Sequence[ComponentStatus],
+        discovery_error: str,
+        started: float,
+        trigger: str,
+        counts: Mapping[str, Any],
     ) -> StatusVector:
         now_wall = self._wall()
         statuses = {c.name: c.status for c in components}
@@ -251,9 +284,16 @@ class StatusAggregator:
         cards = overview(components)
         body: dict[str, Any] = {
             "components": [c.to_dict() for c in components],
-            "overview": {**cards, "cameras_streaming": None, "open_alerts": None},
+            "overview": {
+                **cards,
+                "cameras_streaming": counts.get("cameras_streaming"),
+                "cameras_registered": counts.get("cameras_registered"),
+                "open_alerts": counts.get("open_alerts"),
+                "firing_alerts": counts.get("firing_alerts"),
+            },
+            "services": service_summaries(components),
             "sessions": {
-                "camera_streams": None,
+                "camera_streams": counts.get("cameras_streaming"),
                 "device_streams": None,
                 "websocket_clients": self.broadcaster.clients,
             },
@@ -262,6 +302,7 @@ class StatusAggregator:
                 "error_rate": None if error_rate is None else round(error_rate, 4),
                 "latency_ms": round(sum(latencies) / len(latencies), 3) if latencies else None,
                 "mode": traffic_mode(error_rate, up, len(instances)),
+                "frames_per_second": counts.get("frames_per_second"),
             },
             "resources": self._resources(),
             "transitions": [t.to_dict() for t in changes],

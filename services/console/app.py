@@ -19,46 +19,29 @@ from typing import Any, Final
 
 import grpc
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from mesh.client import MeshClient
 from mesh.host import VERSION
 from mesh.status import StatusError
 from mesh.tokens import JwtAuthenticator
+from services.console.access import RouteGuard
 from services.console.aggregator import StatusAggregator
+from services.console.analyst import analyst_router
 from services.console.broadcast import Broadcaster, Subscription
+from services.console.errors import rpc_error_response, status_error_response
+from services.console.operations import operations_router
+from services.console.upstream import Upstreams
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 SEND_TIMEOUT_S: Final = 2.0
 """Longest one push to one client may block before that client is dropped."""
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
-_HTTP_STATUS: Final = {
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
-
-
-def _error(exc: StatusError) -> JSONResponse:
-    status = _HTTP_STATUS.get(exc.grpc_code, 500)
-    headers = dict(_NO_CACHE)
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    body = {"error": exc.grpc_code.name.lower(), "error_description": exc.message}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _authorize(
-    authenticator: JwtAuthenticator | None, route: str, header: str | None, token: str | None
-) -> None:
-    """Raise StatusError unless the caller's token (header, else ``token`` parameter) grants ``route``."""
-    if authenticator is None:
-        return
-    authorization = header if header else (f"Bearer {token}" if token else None)
-    await authenticator.authorize_route(route, authorization)
 
 
 class EventStream(Response):
@@ -105,8 +88,12 @@ def create_app(
     aggregator: StatusAggregator | None = None,
     authenticator: JwtAuthenticator | None = None,
     broadcaster: Broadcaster | None = None,
+    upstreams: Upstreams | None = None,
 ) -> FastAPI:
-    """The console HTTP app; without an aggregator /api/status answers 503 (pushes: ``broadcaster``)."""
+    """The console HTTP app; without an aggregator /api/status answers 503 (pushes: ``broadcaster``).
+
+    ``upstreams`` reach streaming, alert and analytics; without it (never entered) their routes answer 503.
+    """
     app = FastAPI(
         title="itsmesh console",
         version=VERSION,
@@ -118,10 +105,20 @@ def create_app(
     if broadcaster is None:
         broadcaster = aggregator.broadcaster if aggregator is not None else Broadcaster()
     pushes = broadcaster
+    guard = RouteGuard(authenticator)
+    services = upstreams if upstreams is not None else Upstreams(_not_configured)
 
     @app.exception_handler(StatusError)
     async def status_error_handler(request: Request, exc: StatusError) -> JSONResponse:
-        return _error(exc)
+        return status_error_response(exc)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def rpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        return rpc_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return status_error_response(validation_error(exc))
 
     @app.get("/healthz", tags=["health"], summary="Liveness of the console")
     async def healthz() -> dict[str, str]:
@@ -139,7 +136,7 @@ def create_app(
         responses={401: {"description": "no or invalid token"}, 403: {"description": "no status:read"}},
     )
     async def status(request: Request, token: str | None = None) -> JSONResponse:
-        await _authorize(authenticator, "GET /api/status", request.headers.get("authorization"), token)
+        await guard.check(request, "GET /api/status")
         if aggregator is None or aggregator.latest is None:
             return JSONResponse({"error": "unavailable"}, status_code=503, headers=_NO_CACHE)
         return JSONResponse(aggregator.latest.body, headers=_NO_CACHE)
@@ -151,18 +148,13 @@ def create_app(
         response_class=Response,
     )
     async def status_stream(request: Request, token: str | None = None) -> Response:
-        await _authorize(authenticator, "GET /api/status/stream", request.headers.get("authorization"), token)
+        await guard.check(request, "GET /api/status/stream")
         return EventStream(pushes)
 
     @app.websocket("/ws/status")
     async def status_socket(websocket: WebSocket) -> None:
         try:
-            await _authorize(
-                authenticator,
-                "GET /ws/status",
-                websocket.headers.get("authorization"),
-                websocket.query_params.get("token"),
-            )
+            await guard.check(websocket, "GET /ws/status")
         except StatusError:
             await websocket.close(code=1008)  # policy violation: before accept, the handshake gets 403
             return
@@ -178,15 +170,32 @@ def create_app(
             finally:
                 left.cancel()
                 await asyncio.gather(left, return_exceptions=True)
-                with contextlib.suppress(RuntimeError):
+                # The client may have gone already: then there is nothing left to close.
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await websocket.close(code=1013 if subscription.dropped else 1000)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus scrape of the console itself")
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(operations_router(guard, services))
+    app.include_router(analyst_router(guard, services))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+async def _not_configured() -> MeshClient:
+    raise RuntimeError("this console app was built without upstream services")
+
+
+def validation_error(exc: RequestValidationError) -> StatusError:
+    """A 400 naming the first bad parameter (FastAPI's own answer would be a 422 in another shape)."""
+    violations = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ()) if part not in ("query", "path", "body")]
+        violations.append((".".join(location) or "request", str(error.get("msg", "invalid"))))
+    field, why = violations[0] if violations else ("request", "invalid")
+    return StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {why}", field_violations=violations)
 
 
 async def _wait_ws_close(websocket: WebSocket) -> Any:

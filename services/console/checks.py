@@ -10,14 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
+from google.protobuf import descriptor_pool
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -25,9 +28,20 @@ from mesh.client import read_breakers
 from mesh.endpoints import Instance
 from mesh.probe import probe_grpc
 from mesh.registry import list_instances, list_services, open_redis
-from services.console.status import ComponentStatus, by_latency, down, instance_status, rate
+from services.console.status import (
+    ComponentStatus,
+    by_latency,
+    down,
+    histogram_quantile,
+    instance_status,
+    is_server_error,
+    rate,
+)
 
 log = logging.getLogger(__name__)
+
+P99_WINDOW_S: Final = 10.0
+"""Span of the latency percentile shown per instance."""
 
 
 class PostgresCheck:
@@ -208,10 +222,18 @@ class MetricsSample:
     in_flight: float | None
     cpu_seconds: float | None
     memory_bytes: float | None
+    latency_buckets: dict[float, float] = field(default_factory=dict)
+    """Cumulative count per ``le`` bound of unary RPC latencies (seconds), every method together."""
 
 
-async def scrape_metrics(client: httpx.AsyncClient, host: str, port: int, now: float) -> MetricsSample | None:
-    """One scrape of an instance's /metrics; None when it does not answer."""
+async def scrape_metrics(
+    client: httpx.AsyncClient, host: str, port: int, now: float, service: str | None = None
+) -> MetricsSample | None:
+    """One scrape of an instance's /metrics; None when it does not answer.
+
+    With ``service``, only the RPC series labelled with that service count: hosts sharing a process (as in
+    tests) share one registry, and each must show its own traffic.
+    """
     try:
         response = await client.get(f"http://{host}:{port}/metrics")
         response.raise_for_status()
@@ -219,11 +241,19 @@ async def scrape_metrics(client: httpx.AsyncClient, host: str, port: int, now: f
         return None
     requests = errors = 0.0
     in_flight = cpu = memory = None
+    buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if sample.name == "itsmesh_grpc_server_requests_total":
+            if service is not None and sample.labels.get("service", service) != service:
+                continue
+            if sample.name == "itsmesh_grpc_server_latency_seconds_bucket":
+                # A stream's "latency" is how long it stayed open: it would swamp the unary percentiles.
+                if not is_stream_method("", sample.labels.get("method", "")):
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name == "itsmesh_grpc_server_requests_total":
                 requests += sample.value
-                if sample.labels.get("code") != "OK":
+                if is_server_error(sample.labels.get("code", "")):
                     errors += sample.value
             elif sample.name == "itsmesh_grpc_server_in_flight":
                 in_flight = (in_flight or 0.0) + sample.value
@@ -231,7 +261,20 @@ async def scrape_metrics(client: httpx.AsyncClient, host: str, port: int, now: f
                 cpu = sample.value
             elif sample.name == "process_resident_memory_bytes":
                 memory = sample.value
-    return MetricsSample(now, requests, errors, in_flight, cpu, memory)
+    return MetricsSample(now, requests, errors, in_flight, cpu, memory, buckets)
+
+
+@lru_cache(maxsize=1024)
+def is_stream_method(service: str, method: str) -> bool:
+    """Whether the proto declares ``service``/``method`` streaming (``method`` may be ``service/method``)."""
+    if "/" in method:
+        service, _, method = method.rpartition("/")
+    try:
+        descriptor = descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        return False
+    found = descriptor.methods_by_name.get(method)
+    return found is not None and (found.client_streaming or found.server_streaming)
 
 
 class InstanceChecks:
@@ -242,6 +285,8 @@ class InstanceChecks:
         self._timeout = timeout_s
         self._namespace = namespace
         self._previous: dict[str, MetricsSample] = {}
+        # Older samples per instance: the p99 spans P99_WINDOW_S, since one second holds too few calls.
+        self._history: dict[str, deque[MetricsSample]] = {}
         self._http = httpx.AsyncClient(timeout=timeout_s)
 
     async def __call__(self, now: float, wall: float) -> list[ComponentStatus]:
@@ -255,6 +300,7 @@ class InstanceChecks:
         results = await asyncio.gather(*(self._one(i, breaker_by_address, now, wall) for i in instances))
         alive = {i.instance_id for i in instances}
         self._previous = {k: v for k, v in self._previous.items() if k in alive}
+        self._history = {k: v for k, v in self._history.items() if k in alive}
         return list(results)
 
     async def _one(
@@ -265,7 +311,8 @@ class InstanceChecks:
         port = instance.metadata.get("metrics_port")
         probe_task = probe_grpc(instance.address, timeout_s=self._timeout)
         if port:
-            probe, sample = await asyncio.gather(probe_task, scrape_metrics(self._http, host, int(port), now))
+            scrape = scrape_metrics(self._http, host, int(port), now, instance.service)
+            probe, sample = await asyncio.gather(probe_task, scrape)
         else:
             probe, sample = await probe_task, None
         record = breakers.get(instance.address)
@@ -284,10 +331,14 @@ class InstanceChecks:
             "in_flight": None,
             "cpu_percent": None,
             "memory_bytes": None,
+            "latency_p99_ms": None,
         }
         previous = self._previous.get(instance.instance_id)
         if sample is not None:
             self._previous[instance.instance_id] = sample
+            oldest = self._window_start(instance.instance_id, sample)
+            p99 = histogram_quantile(0.99, sample.latency_buckets, oldest.latency_buckets)
+            details["latency_p99_ms"] = None if p99 is None else round(p99 * 1000, 3)
             details["in_flight"] = sample.in_flight
             details["memory_bytes"] = sample.memory_bytes
             if previous is not None:
@@ -301,6 +352,15 @@ class InstanceChecks:
                     details["cpu_percent"] = None if cpu is None else round(cpu * 100, 1)
         status = instance_status(probe.status, instance.health, int(breaker_state == "open"))
         return ComponentStatus(name, instance.service, status, probe.latency_ms, details, probe.error)
+
+    def _window_start(self, instance_id: str, sample: MetricsSample) -> MetricsSample:
+        """The oldest kept sample within P99_WINDOW_S of ``sample`` (which is then kept too)."""
+        history = self._history.setdefault(instance_id, deque())
+        while history and sample.at - history[0].at > P99_WINDOW_S:
+            history.popleft()
+        oldest = history[0] if history else sample
+        history.append(sample)
+        return oldest
 
     async def close(self) -> None:
         """Close the scrape client."""

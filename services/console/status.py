@@ -64,6 +64,24 @@ def down(name: str, type_: str, error: str, latency_ms: float | None = None) -> 
     return ComponentStatus(name, type_, "down", latency_ms, {}, error)
 
 
+def unchecked(known: Sequence[ComponentStatus], error: str) -> list[ComponentStatus]:
+    """The last known instances as unknown when the listing itself failed: not vanished, not stale-healthy."""
+    return [
+        ComponentStatus(
+            c.name,
+            c.type,
+            "unknown",
+            None,
+            {k: v for k, v in c.details.items() if k in _IDENTITY},  # no stale figures
+            f"not checked this time: {error}",
+        )
+        for c in known
+    ]
+
+
+_IDENTITY: Final = frozenset({"service", "instance_id", "address", "zone", "version"})
+
+
 def by_latency(latency_ms: float, *, slow_ms: float = SLOW_CHECK_MS) -> Status:
     """Healthy when a check answered in time, degraded when it answered slowly."""
     return "healthy" if latency_ms <= slow_ms else "degraded"
@@ -82,6 +100,26 @@ def instance_status(probe_status: str, registered_health: str, open_breakers: in
     if probe_status != "SERVING":
         return "unknown"
     return "degraded" if open_breakers else "healthy"
+
+
+SERVER_ERROR_CODES: Final = frozenset(
+    {
+        "UNKNOWN",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "DATA_LOSS",
+        "UNIMPLEMENTED",
+        "RESOURCE_EXHAUSTED",
+    }
+)
+"""gRPC codes that count as the service failing. NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED … are the
+caller's mistakes, and CANCELLED the caller leaving: the service answered correctly."""
+
+
+def is_server_error(code: str) -> bool:
+    """Whether an RPC that ended with ``code`` (its name, as in the metrics) counts as an error."""
+    return code in SERVER_ERROR_CODES
 
 
 def rate(later: float, earlier: float, seconds: float) -> float | None:
@@ -157,3 +195,69 @@ def overview(components: Sequence[ComponentStatus]) -> dict[str, Any]:
 
 INFRA_TYPES: Final = frozenset({"postgresql", "redis", "kafka"})
 """Component types that are infrastructure rather than service instances."""
+
+
+def histogram_quantile(
+    q: float, later: Mapping[float, float], earlier: Mapping[float, float]
+) -> float | None:
+    """The ``q`` quantile (0..1) of observations made between two scrapes of a cumulative histogram.
+
+    ``later``/``earlier`` map each bucket's upper bound (``le``, +inf included) to its cumulative count.
+    Interpolates linearly inside the bucket, as Prometheus' ``histogram_quantile`` does; None when nothing
+    was observed in between or a counter was reset. A quantile in the +inf bucket is the highest finite
+    bound (the histogram knows no more).
+    """
+    bounds = sorted(later)
+    deltas = [later[b] - earlier.get(b, 0.0) for b in bounds]
+    if not bounds or any(d < 0 for d in deltas) or deltas[-1] <= 0:
+        return None
+    rank = q * deltas[-1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, deltas, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def service_summaries(components: Sequence[ComponentStatus]) -> dict[str, dict[str, Any]]:
+    """Per service (instances together): instances up/total, worst status, rps, error rate, worst p99.
+
+    The p99 is the slowest instance's p99: merging percentiles exactly needs the raw buckets, and for
+    an operator the worst instance is the one that matters.
+    """
+    grouped: dict[str, list[ComponentStatus]] = {}
+    for component in components:
+        if component.type not in INFRA_TYPES:
+            grouped.setdefault(component.type, []).append(component)
+    summaries: dict[str, dict[str, Any]] = {}
+    for service, members in sorted(grouped.items()):
+        rps_values = [float(c.details["rps"]) for c in members if c.details.get("rps") is not None]
+        rps = sum(rps_values)
+        errors = sum(
+            float(c.details.get("rps") or 0.0) * float(c.details.get("error_rate") or 0.0) for c in members
+        )
+        p99s = [
+            float(c.details["latency_p99_ms"]) for c in members if c.details.get("latency_p99_ms") is not None
+        ]
+        summaries[service] = {
+            "status": worst(c.status for c in members),
+            "instances_up": sum(c.status in ("healthy", "degraded") for c in members),
+            "instances_total": len(members),
+            "rps": round(rps, 3) if rps_values else None,
+            "error_rate": round(errors / rps, 4) if rps else (0.0 if rps_values else None),
+            "latency_p99_ms": round(max(p99s), 3) if p99s else None,
+        }
+    return summaries
+
+
+_SEVERITY: Final[Mapping[str, int]] = {"down": 3, "degraded": 2, "unknown": 1, "healthy": 0}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The most serious of ``statuses`` (down > degraded > unknown > healthy); healthy when there are none."""
+    return max(statuses, key=lambda s: _SEVERITY[s], default="healthy")

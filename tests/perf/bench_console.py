@@ -1,26 +1,45 @@
-"""Live-status fan-out: publish → arrival at each of 200 clients, console versus a bare Starlette broadcast.
+"""Console benchmarks, each against a raw baseline in the same run.
 
-The installed uvicorn has no WebSocket library, so both sides push over Server-Sent Events on loopback
-(the console's ``/api/status/stream``, which shares the broadcaster and bounded queues with ``/ws/status``).
-Clients are raw asyncio sockets in the same process; each message carries its publish time.
+- Live-status fan-out: publish → arrival at each of 200 clients, console versus a bare Starlette
+  broadcast. Both sides push over Server-Sent Events on loopback (the console's ``/api/status/stream``
+  shares the broadcaster and bounded queues with ``/ws/status``); clients are raw asyncio sockets in the
+  same process; each message carries its publish time.
+- REST façade: ``GET /api/cameras/{id}/thumbnail`` through the console and the mesh to a real streaming
+  host, versus the same GetLatestFrame called directly over gRPC. Both hosts run in this process, with the
+  console's status loop ticking, as in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import grpc
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from infrastructure.embedded import InfraUrls
+from itsmesh.v1 import streaming_pb2, streaming_pb2_grpc
+from mesh.host import ServiceHost
 from mesh.http import HttpServer
+from mesh.migrations import apply_migrations
+from mesh.registry import open_redis
 from services.console.app import create_app
 from services.console.broadcast import Broadcaster
+from services.console.config import ConsoleSettings
+from services.console.service import build as build_console
+from services.streaming.config import StreamingSettings
+from services.streaming.service import build as build_streaming
+from services.streaming.thumbnails import ThumbnailStore
 from tests.perf.results import BenchResult
 
 CLIENTS = 200
@@ -95,7 +114,84 @@ async def _fan_out_p99_ms(
     return latencies[int(len(latencies) * 0.99) - 1]
 
 
+async def _facade_latencies_ms(urls: InfraUrls, calls: int) -> tuple[list[float], list[float]]:
+    """Per-call latency of the thumbnail through the console, and of GetLatestFrame called directly."""
+    common = {
+        "database_url": urls.database_url,
+        "redis_url": urls.redis_url,
+        "kafka_bootstrap_servers": urls.kafka_bootstrap_servers,
+        "bind_host": "127.0.0.1",
+        "metrics_port": None,
+        "require_auth": False,
+        "migrate_on_start": False,
+    }
+    await apply_migrations(urls.database_url)  # streaming's tables, when no earlier benchmark applied them
+    streaming = ServiceHost(
+        build_streaming(StreamingSettings(**common, grpc_port=0, register_in_discovery=True))
+    )
+    await streaming.start()
+    # An empty data dir: no service credentials, so calls without a caller's token carry none (no auth here).
+    empty = Path(tempfile.mkdtemp(prefix="itsmesh-bench-console-"))
+    settings = ConsoleSettings(**common, http_port=0, register_in_discovery=False, data_dir=empty)
+    console = ServiceHost(build_console(settings))
+    await console.start()
+    camera_id = f"bench-{uuid.uuid4().hex[:8]}"
+    redis = open_redis(urls.redis_url)
+    via_console: list[float] = []
+    direct: list[float] = []
+    try:
+        frame = streaming_pb2.LatestFrame(camera_id=camera_id, sequence=1, jpeg=b"\xff\xd8" + b"x" * 20_000)
+        await ThumbnailStore(redis).put(frame)
+        request = streaming_pb2.GetLatestFrameRequest(camera_id=camera_id)
+        path = f"/api/cameras/{camera_id}/thumbnail"
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{console.http_port}", timeout=10) as http,
+            grpc.aio.insecure_channel(f"127.0.0.1:{streaming.grpc_port}") as channel,
+        ):
+            stub = streaming_pb2_grpc.StreamingServiceStub(channel)
+            async with asyncio.timeout(20):  # until discovery lists streaming for the console
+                while (await http.get(path)).status_code != 200:
+                    await asyncio.sleep(0.1)
+            for _ in range(calls):  # interleaved, so machine noise hits both alike
+                started = time.perf_counter()
+                response = await http.get(path)
+                via_console.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200
+                started = time.perf_counter()
+                await stub.GetLatestFrame(request, timeout=10)
+                direct.append((time.perf_counter() - started) * 1000)
+    finally:
+        await redis.aclose()
+        await console.stop()
+        await streaming.stop()
+        shutil.rmtree(empty, ignore_errors=True)
+    return via_console, direct
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * q) - 1)]
+
+
 async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
+    """Fan-out p99 to 200 clients, then the thumbnail route's p50/p99 against direct gRPC."""
+    results = await _fan_out(quick)
+    via_console, direct = await _facade_latencies_ms(urls, 200 if quick else 1000)
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        results.append(
+            BenchResult(
+                name=f"console_thumbnail_rest_{name}",
+                value=_percentile(via_console, q),
+                unit="ms",
+                baseline=_percentile(direct, q),
+                baseline_name="GetLatestFrame over gRPC directly",
+                target="informational (HTTP route + mesh hop, auth off, both hosts in one process)",
+            )
+        )
+    return results
+
+
+async def _fan_out(quick: bool) -> list[BenchResult]:
     """Alternate bare and console rounds so machine noise hits both alike; median p99 of each."""
     messages = 10 if quick else 30
     rounds = 2 if quick else 4
@@ -139,5 +235,5 @@ if __name__ == "__main__":
     import sys
 
     quick = "--quick" in sys.argv
-    for result in asyncio.run(run(quick, InfraUrls("", "", "", ()))):
+    for result in asyncio.run(_fan_out(quick)):
         print(result, f"ratio={result.ratio:.2f}")
