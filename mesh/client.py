@@ -23,6 +23,9 @@ every call (for a stream, once, when it starts), so every method keeps its usual
   not tried yet;
 - **deadlines**: each call runs until the earlier of its ``timeout`` and the deadline of the request
   being handled (``mesh.deadline``);
+- **telemetry**: each attempt gets a CLIENT span whose ``traceparent`` travels in its metadata, and
+  Prometheus metrics; recorded here, in the attempt loop, not by a grpc.aio interceptor, which would cost
+  every call an intercepted call object and a task;
 - **connection failures**: an endpoint that refuses connections is reported with ``mark_failed`` and so
   leaves rotation at once; a call whose connection dropped under it triggers one reconnect attempt, and
   a refusal reports the endpoint the same way (a process killed with -9 shows both).
@@ -79,6 +82,23 @@ from mesh.errors import (
     retry_pushback,
 )
 from mesh.idempotency import is_idempotent
+from mesh.interceptors import client_observer
+from mesh.interceptors._rpc import (
+    Finish,
+    ObserverChain,
+    ObservingClientInterceptor,
+    RpcInfo,
+    client_code,
+    contains_observer,
+    rpc_info,
+    take_observers,
+)
+from mesh.interceptors.metrics import (
+    MeshMetrics,
+    MetricsClientInterceptor,
+    forget_breaker,
+    set_breaker_state,
+)
 from mesh.registry import DEFAULT_NAMESPACE, Watcher, open_redis
 from mesh.retry import Retrier, RetryBudget, RetryPolicy, code_name
 from mesh.tasks import stop_task
@@ -485,6 +505,7 @@ class _Method:
     serializer: Any
     deserializer: Any
     idempotent: bool
+    info: RpcInfo
 
 
 class _Route:
@@ -502,7 +523,9 @@ class _Route:
         clock: Clock,
         rng: random.Random,
         on_attempt: AttemptHook | None,
-        spawn: Callable[[Any], None],
+        observer: ObservingClientInterceptor | None,
+        metrics: MeshMetrics | None,
+        spawn: Callable[[Any], bool],
     ) -> None:
         self.service = service
         self.policy = policy
@@ -513,6 +536,8 @@ class _Route:
         self._publisher = publisher
         self._client_id = client_id
         self._on_attempt = on_attempt
+        self._observer = observer
+        self._metrics = metrics
         self._spawn = spawn
         self._breakers: dict[str, CircuitBreaker] = {}
         self._reconnecting: set[str] = set()
@@ -537,7 +562,9 @@ class _Route:
         """Adopt the current routable instances; departed ones lose their breaker and their channel."""
         fresh = {instance.address: instance for instance in instances}
         for address in self._instances.keys() - fresh.keys():
-            self._breakers.pop(address, None)
+            if self._breakers.pop(address, None) is not None and self._metrics is not None:
+                # no stale state scraped for a departed endpoint
+                forget_breaker(self.service, address, registry=self._metrics.registry)
             self._rr_stats.pop(address, None)
             self._pool.retire(address)
         self._instances = fresh
@@ -569,7 +596,12 @@ class _Route:
         breaker = self._breakers.get(address)
         if breaker is None:
             breaker = self._breakers[address] = CircuitBreaker(self.policy.breaker)
+            self._export_state(address, BreakerState.CLOSED)
         return breaker
+
+    def _export_state(self, address: str, state: BreakerState) -> None:
+        if self._metrics is not None:
+            set_breaker_state(self.service, address, state, registry=self._metrics.registry)
 
     def _stats(self, address: str) -> EndpointStats:
         if isinstance(self._picker, PeakEwmaP2C):
@@ -623,6 +655,7 @@ class _Route:
         instance = self._instances.get(address)
         instance_id = instance.instance_id if instance is not None else ""
         wall_offset = time.time() - self.clock()
+        self._export_state(address, transitions[-1].to_state)
         for transition in transitions:
             level = logging.WARNING if transition.to_state is BreakerState.OPEN else logging.INFO
             log.log(
@@ -715,6 +748,7 @@ class _Route:
         clock = self.clock
         method = call.method
         deadline = call.deadline
+        observer = self._observer
         self._retrier.budget.deposit(clock())
         avoid: list[str] = []
         last_error: grpc.aio.AioRpcError | None = None
@@ -731,14 +765,26 @@ class _Route:
                 raise last_error or self._unusable(now)
             endpoint = self._pool.get(address)
             send = endpoint.unary_unary(method.path, method.serializer, method.deserializer)
-            attempt = send(
-                call.request,
-                timeout=None if deadline is None else deadline - now,
-                metadata=call.metadata,
-                credentials=call.credentials,
-                wait_for_ready=call.wait_for_ready,
-                compression=call.compression,
-            )
+            metadata = call.metadata
+            finish: Finish | None = None
+            if observer is not None:
+                # Tracing and metrics of each attempt, here rather than in a grpc.aio interceptor (which
+                # would cost every call an intercepted call object and a task of its own).
+                metadata = _outgoing(metadata)
+                finish = observer.observe(method.info, metadata)
+            try:
+                attempt = send(
+                    call.request,
+                    timeout=None if deadline is None else deadline - now,
+                    metadata=metadata,
+                    credentials=call.credentials,
+                    wait_for_ready=call.wait_for_ready,
+                    compression=call.compression,
+                )
+            except BaseException as exc:
+                if finish is not None:
+                    finish(client_code(exc))
+                raise
             call.attempt = attempt
             stats = self._stats(address)
             token = stats.start(now)
@@ -749,6 +795,8 @@ class _Route:
                 ended = clock()
                 stats.finish(token, ended, ok=False)
                 code = exc.code()
+                if finish is not None:
+                    finish(code)
                 self._settle(address, code.name, ended)
                 self._connection_verdict(address, code, exc.details())
                 delay = self._retry_delay(call, number, exc, ended) if method.idempotent else None
@@ -759,14 +807,18 @@ class _Route:
                 avoid.append(address)
                 if delay > 0.0:
                     await call.sleep(delay)
-            except asyncio.CancelledError:
+            except BaseException as exc:  # cancelled, or a failure in this process (serializing...)
                 ended = clock()
                 stats.finish(token, ended, ok=False)
-                self._settle(address, "CANCELLED", ended)
+                if finish is not None:
+                    finish(client_code(exc))
+                self._settle(address, "CANCELLED", ended)  # says nothing about the endpoint
                 raise
             else:
                 ended = clock()
                 stats.finish(token, ended, ok=True)
+                if finish is not None:
+                    finish(grpc.StatusCode.OK)
                 self._settle(address, "OK", ended)
                 self._observe(method.path, address, number, "OK", now, ended, False)
                 return response
@@ -821,25 +873,47 @@ class _Route:
             send = endpoint.stream_unary(method.path, method.serializer, method.deserializer)
         else:
             send = endpoint.stream_stream(method.path, method.serializer, method.deserializer)
-        call = send(
-            request,
-            timeout=None if deadline is None else deadline - now,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
+        finish: Finish | None = None
+        if self._observer is not None:
+            metadata = _outgoing(metadata)
+            finish = self._observer.observe(method.info, metadata)
+        try:
+            call = send(
+                request,
+                timeout=None if deadline is None else deadline - now,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+        except BaseException as exc:
+            if finish is not None:
+                finish(client_code(exc))
+            raise
         endpoint.call_started()
-        call.add_done_callback(partial(self._stream_done, method.path, endpoint, now))
+        call.add_done_callback(partial(self._stream_done, method.path, endpoint, now, finish))
         return call
 
-    def _stream_done(self, method: str, endpoint: EndpointChannel, started: float, call: Any) -> None:
+    def _stream_done(
+        self, method: str, endpoint: EndpointChannel, started: float, finish: Finish | None, call: Any
+    ) -> None:
         endpoint.call_ended()
         # Done callbacks are synchronous and the status accessors are coroutines (already resolved).
-        self._spawn(self._settle_stream(method, endpoint.address, started, call))
+        spawned = self._spawn(self._settle_stream(method, endpoint.address, started, finish, call))
+        if not spawned and finish is not None:
+            finish(grpc.StatusCode.CANCELLED)  # the client closed, cancelling its streams
 
-    async def _settle_stream(self, method: str, address: str, started: float, call: Any) -> None:
-        code: grpc.StatusCode = await call.code()
+    async def _settle_stream(
+        self, method: str, address: str, started: float, finish: Finish | None, call: Any
+    ) -> None:
+        try:
+            code: grpc.StatusCode = await call.code()
+        except BaseException:
+            if finish is not None:
+                finish(grpc.StatusCode.CANCELLED)
+            raise
+        if finish is not None:
+            finish(code)
         ended = self.clock()
         self._settle(address, code.name, ended)
         self._connection_verdict(address, code, await call.details())
@@ -1219,7 +1293,14 @@ class _ServiceChannel(grpc.aio.Channel):
 
 
 def _method(path: str, serializer: Any, deserializer: Any) -> _Method:
-    return _Method(path, serializer, deserializer, is_idempotent(path))
+    return _Method(path, serializer, deserializer, is_idempotent(path), rpc_info(path))
+
+
+def _outgoing(metadata: Any) -> grpc.aio.Metadata:
+    """A fresh copy of a call's metadata for one attempt, which observers may add to."""
+    if not metadata:
+        return grpc.aio.Metadata()
+    return grpc.aio.Metadata(*metadata)
 
 
 # --- the client -------------------------------------------------------------------------------------------
@@ -1230,9 +1311,17 @@ class MeshClient:
 
     ``endpoints`` is where instances come from (a started ``Watcher``, or ``StaticEndpoints``); ``redis``
     (client or URL) receives breaker transitions for the console, or nothing when None; ``interceptors``
-    are grpc.aio client interceptors put on every endpoint channel; ``on_attempt`` is called after every
-    attempt (for metrics and tests); ``rng`` seeds endpoint picking and backoff jitter. Use ``async with``
-    or call ``close()``.
+    are grpc.aio client interceptors: the observers at their front (tracing and metrics of
+    ``mesh.interceptors.client_interceptors``) run around every attempt inside the client, the rest (a
+    token interceptor) go on every endpoint channel. ``on_attempt`` is called after every attempt (for
+    tests and benchmarks); ``rng`` seeds endpoint picking and backoff jitter. Use ``async with`` or call
+    ``close()``.
+
+    Telemetry: every attempt (a retry too) gets a CLIENT span, child of the current span, whose W3C
+    ``traceparent`` goes in its metadata, and ``itsmesh_grpc_client_*`` metrics labelled with the service
+    called; endpoint breaker states are exported as ``itsmesh_breaker_state``. Unless ``interceptors``
+    bring observers of their own, they go to OpenTelemetry's global tracer provider and prometheus_client's
+    global registry; ``telemetry=False`` turns them off.
     """
 
     def __init__(
@@ -1244,10 +1333,16 @@ class MeshClient:
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         on_attempt: AttemptHook | None = None,
         rng: random.Random | None = None,
+        telemetry: bool = True,
     ) -> None:
         self._source = endpoints
         self._config = config if config is not None else ClientConfig()
-        self._interceptors = tuple(interceptors)
+        # Observers at the front of the chain (client_interceptors' tracing and metrics) run in the
+        # attempt path itself; the rest stays on the endpoint channels.
+        self._observer, rest = take_observers(interceptors)
+        self._interceptors = tuple(rest)
+        # Observers left in the channel chain (behind a token interceptor) already trace: none of ours.
+        self._telemetry = telemetry and not contains_observer(rest)
         self._on_attempt = on_attempt
         # The clock of deadlines (mesh.deadline measures on it too), breakers and latency estimates.
         self._clock: Clock = time.monotonic
@@ -1275,6 +1370,7 @@ class MeshClient:
         redis: Redis | str | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         on_attempt: AttemptHook | None = None,
+        telemetry: bool = True,
     ) -> MeshClient:
         """A client for fixed ``host:port`` lists per service (``StaticEndpoints``); no Redis needed."""
         return cls(
@@ -1283,6 +1379,7 @@ class MeshClient:
             redis=redis,
             interceptors=interceptors,
             on_attempt=on_attempt,
+            telemetry=telemetry,
         )
 
     @classmethod
@@ -1295,6 +1392,7 @@ class MeshClient:
         config: ClientConfig | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         on_attempt: AttemptHook | None = None,
+        telemetry: bool = True,
     ) -> MeshClient:
         """A client on its own registry ``Watcher`` of ``services`` (None: all), stopped on ``close()``.
 
@@ -1305,7 +1403,12 @@ class MeshClient:
         watcher = Watcher(client_redis, services, namespace=namespace)
         await watcher.start()
         client = cls(
-            watcher, config=config, redis=client_redis, interceptors=interceptors, on_attempt=on_attempt
+            watcher,
+            config=config,
+            redis=client_redis,
+            interceptors=interceptors,
+            on_attempt=on_attempt,
+            telemetry=telemetry,
         )
         client._owned_watcher = watcher
         client._owns_redis = isinstance(redis, str)
@@ -1319,6 +1422,10 @@ class MeshClient:
     def stub(self, service: str, stub_class: Callable[[grpc.aio.Channel], _S]) -> _S:
         """A generated stub (``AlertServiceStub``...) whose calls go to ``service`` through the mesh."""
         return stub_class(self.channel(service))
+
+    def client(self, service: str, stub_class: Callable[[grpc.aio.Channel], _S]) -> _S:
+        """Another name of ``stub``: ``mesh.client("alert", AlertServiceStub)``."""
+        return self.stub(service, stub_class)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel-like object stubs of ``service`` are built on; calls on it are balanced."""
@@ -1365,6 +1472,9 @@ class MeshClient:
             if self._closed:
                 raise ClientClosedError(f"the mesh client is closed; cannot call {service!r}")
             config = self._config
+            observer = self._observer
+            if observer is None and self._telemetry:
+                observer = client_observer(service)
             route = self._routes[service] = _Route(
                 service,
                 config.policy_for(service),
@@ -1379,6 +1489,8 @@ class MeshClient:
                 clock=self._clock,
                 rng=random.Random(self._rng.getrandbits(64)),  # noqa: S311 - balancing, not security
                 on_attempt=self._on_attempt,
+                observer=observer,
+                metrics=_metrics_of(observer),
                 spawn=self._spawn,
             )
         return route
@@ -1388,14 +1500,28 @@ class MeshClient:
         if route is not None and not self._closed:
             route.refresh(change.endpoints)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> bool:
+        """Run ``coroutine`` as a task the client stops on close; False (and it never runs) once closed."""
         if self._closed:
             coroutine.close()
-            return
+            return False
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return True
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         _log_failure(task)
+
+
+def _metrics_of(observer: ObservingClientInterceptor | None) -> MeshMetrics | None:
+    """Where the calls' metrics go, so the breaker states go there too (None: no metrics)."""
+    if isinstance(observer, MetricsClientInterceptor):
+        return observer.metrics
+    if isinstance(observer, ObserverChain):
+        for inner in observer.observers:
+            found = _metrics_of(inner)
+            if found is not None:
+                return found
+    return None

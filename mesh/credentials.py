@@ -17,6 +17,7 @@ import grpc
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.interceptors import split_by_arity
 from mesh.interceptors.auth import BearerTokenInterceptor
 from mesh.settings import InfraSettings
 from mesh.tokens import ServiceTokenSource
@@ -106,5 +107,6 @@ def service_interceptors(
     *,
     data_dir: Path | None = None,
 ) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that send ``service_name``'s service token on calls that carry no credentials."""
-    return [BearerTokenInterceptor(service_token(service_name, settings, data_dir=data_dir))]
+    """Client interceptors that send ``service_name``'s service token on calls that carry no credentials
+    (one per call arity, as grpc.aio channels want them, so streams carry the token too)."""
+    return split_by_arity([BearerTokenInterceptor(service_token(service_name, settings, data_dir=data_dir))])

@@ -71,6 +71,14 @@ def deadline_scope(timeout: float | None) -> Iterator[float | None]:
         _DEADLINE.reset(token)
 
 
+def adopt_deadline(context: Any) -> None:
+    """Make the deadline of the call ``context`` belongs to the ``current_deadline()`` of this task.
+
+    For a server interceptor to call before the handler runs (``DeadlinePropagationInterceptor`` does).
+    """
+    _set_from_context(context)
+
+
 def _set_from_context(context: Any) -> None:
     remaining = context.time_remaining()
     # Set unconditionally, None included: a handler run on a pool thread must not see the deadline of

@@ -20,7 +20,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.deadline import DeadlinePropagationInterceptor
 from mesh.endpoints import Instance
 from mesh.http import HttpServer
 from mesh.interceptors import Authenticator, configure_tracing, server_interceptors, start_metrics_server
@@ -132,15 +131,14 @@ class ServiceHost:
         )
 
     async def _start_grpc(self) -> None:
-        interceptors = [
-            *server_interceptors(
-                self.spec.name,
-                authenticator=self.spec.authenticator,
-                max_concurrent=self.settings.max_concurrent_rpcs,
-            ),
-            # innermost: the handler's own deadline becomes the default of every mesh call it makes
-            DeadlinePropagationInterceptor(),
-        ]
+        # One grpc.aio hop: tracing, metrics, limit, auth, request checks, then the handler's deadline becomes
+        # the default of every mesh call it makes.
+        interceptors = server_interceptors(
+            self.spec.name,
+            authenticator=self.spec.authenticator,
+            max_concurrent=self.settings.max_concurrent_rpcs,
+            propagate_deadline=True,
+        )
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         names = [svc.full_name for svc in self.spec.grpc_services]
         for svc in self.spec.grpc_services:

@@ -5,7 +5,9 @@ Order matters and is fixed here, outermost first:
 
 - server: tracing → metrics → concurrency limit → auth. The span and the metrics see every outcome,
   including RPCs the limit sheds or auth refuses; the limit sheds load before any credential is checked.
+  They run as one grpc.aio interceptor (``WrappingChain``): each grpc.aio hop costs every RPC a coroutine.
 - client: tracing → metrics → bearer token. The client span is the parent the server continues.
+  ``MeshClient`` runs tracing and metrics in its attempt loop (``client_observer``), not as interceptors.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import grpc
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from mesh.interceptors._rpc import ObserverChain, RpcInfo, is_infrastructure_method, rpc_info, split_by_arity
+from mesh.interceptors._rpc import (
+    ObserverChain,
+    RpcInfo,
+    WrappingChain,
+    WrappingServerInterceptor,
+    is_infrastructure_method,
+    rpc_info,
+    split_by_arity,
+)
 from mesh.interceptors.auth import (
     Authenticator,
     AuthError,
@@ -30,6 +40,7 @@ from mesh.interceptors.auth import (
     bearer_token,
     current_principal,
 )
+from mesh.interceptors.deadline import DeadlineLink
 from mesh.interceptors.limits import (
     CONCURRENCY_LIMIT_REASON,
     ConcurrencyLimiter,
@@ -47,6 +58,7 @@ from mesh.interceptors.metrics import (
     set_breaker_state,
     start_metrics_server,
 )
+from mesh.interceptors.request_guard import reject_unusable_requests
 from mesh.interceptors.tracing import (
     TracingClientInterceptor,
     TracingServerInterceptor,
@@ -66,6 +78,7 @@ __all__ = [
     "BearerTokenInterceptor",
     "ConcurrencyLimitInterceptor",
     "ConcurrencyLimiter",
+    "DeadlineLink",
     "InvocationMetadata",
     "MeshMetrics",
     "MetricsClientInterceptor",
@@ -80,9 +93,11 @@ __all__ = [
     "TracingServerInterceptor",
     "TracingSettings",
     "Unauthenticated",
+    "WrappingChain",
     "authorize",
     "bearer_token",
     "client_interceptors",
+    "client_observer",
     "configure_tracing",
     "current_principal",
     "current_trace_ids",
@@ -110,14 +125,20 @@ def server_interceptors(
     max_concurrent: int | None = None,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    propagate_deadline: bool = False,
+    check_requests: bool = True,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors of a server of ``service`` ("streaming"), outermost first.
+    """The interceptors of a server of ``service`` ("streaming"), outermost first, as one ``WrappingChain``.
 
     ``authenticator`` None: no auth step. ``max_concurrent`` None: no limit; otherwise its in-flight count
     and limit are exported as ``itsmesh_grpc_server_concurrency_*``. ``registry`` defaults to
     prometheus_client's global one, ``tracer_provider`` to OpenTelemetry's global one.
+    ``propagate_deadline``: innermost, each handler's deadline becomes the default of the mesh calls it
+    makes (``mesh.deadline``), in the same hop rather than a ``DeadlinePropagationInterceptor`` of its own.
+    ``check_requests``: after auth, unary requests protobuf accepts but no handler can use (out-of-range
+    timestamps, unknown enum numbers, NaN, NUL characters: ``mesh.request_checks``) get INVALID_ARGUMENT.
     """
-    chain: list[grpc.aio.ServerInterceptor] = [
+    chain: list[WrappingServerInterceptor] = [
         TracingServerInterceptor(tracer_provider=tracer_provider),
         MetricsServerInterceptor(service, registry=registry),
     ]
@@ -128,7 +149,26 @@ def server_interceptors(
         chain.append(limit)
     if authenticator is not None:
         chain.append(AuthInterceptor(authenticator))
-    return chain
+    if propagate_deadline:
+        chain.append(DeadlineLink())
+    check = reject_unusable_requests if check_requests else None
+    return [WrappingChain(chain, request_check=check)]  # one grpc.aio hop for the lot
+
+
+def client_observer(
+    target_service: str,
+    *,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> ObserverChain:
+    """Tracing then metrics of calls to ``target_service``, as one observer (``MeshClient`` runs it around
+    each attempt itself; ``client_interceptors`` puts it on a channel)."""
+    return ObserverChain(
+        [
+            TracingClientInterceptor(target_service, tracer_provider=tracer_provider),
+            MetricsClientInterceptor(target_service, registry=registry),
+        ]
+    )
 
 
 def client_interceptors(
@@ -144,12 +184,7 @@ def client_interceptors(
     arities and appears once per arity (``split_by_arity``), which is how grpc.aio channels need them.
     """
     chain: list[grpc.aio.ClientInterceptor] = [
-        ObserverChain(
-            [
-                TracingClientInterceptor(target_service, tracer_provider=tracer_provider),
-                MetricsClientInterceptor(target_service, registry=registry),
-            ]
-        )
+        client_observer(target_service, registry=registry, tracer_provider=tracer_provider)
     ]
     if token_provider is not None:
         chain.append(BearerTokenInterceptor(token_provider))

@@ -7,8 +7,11 @@ response that means until the last message is written — so a stream counts, is
 concurrency slot for as long as it is open. Wrapped handlers are built once per method and cached, so an
 RPC costs each interceptor a few awaits and no handler construction.
 
-Client side, ``ObservingClientInterceptor`` calls ``start`` before an RPC and the returned ``finish(code)``
-exactly once when it ends, whether the caller awaits it, iterates it, uses read/write, or cancels it.
+Client side, an ``ObservingClientInterceptor`` is called with ``observe(info, metadata)`` as a call starts
+(it may add to the outgoing metadata) and the returned ``finish(code)`` exactly once when it ends, whether
+the caller awaits it, iterates it, uses read/write, or cancels it. On a plain grpc.aio channel it is an
+interceptor; ``MeshClient`` takes the observers off the front of its chain (``take_observers``) and calls
+them around each attempt itself, saving the interceptor hop.
 """
 
 from __future__ import annotations
@@ -138,7 +141,18 @@ def _is_generated_placeholder(behaviour: Any) -> bool:
     return str(getattr(function, "__module__", "")).endswith("_pb2_grpc")
 
 
-def wrap_handler(handler: Handler, info: RpcInfo, around: Around) -> Handler:
+RequestCheck: TypeAlias = Callable[[Any, Context], Awaitable[None]]
+"""Looks at a (unary) request inside the chain, after auth, and aborts the RPC if it cannot be handled."""
+
+
+async def _checked(check: RequestCheck, request: Any, context: Context, result: Callable[[], Any]) -> Any:
+    await check(request, context)
+    return await result()
+
+
+def wrap_handler(
+    handler: Handler, info: RpcInfo, around: Around, check: RequestCheck | None = None
+) -> Handler:
     """A method handler that runs ``around`` the whole of ``handler``, streams included.
 
     Only asynchronous handlers (coroutine or async-generator functions, as grpc.aio servicers have) can be
@@ -164,7 +178,13 @@ def wrap_handler(handler: Handler, info: RpcInfo, around: Around) -> Handler:
         inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> None:
-            await around(info, context, lambda: _stream(inner_us(request, context), context))
+            def proceed() -> Awaitable[None]:
+                return _stream(inner_us(request, context), context)
+
+            if check is None:
+                await around(info, context, proceed)
+            else:
+                await around(info, context, lambda: _checked(check, request, context, proceed))
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
     if handler.request_streaming:
@@ -177,7 +197,12 @@ def wrap_handler(handler: Handler, info: RpcInfo, around: Around) -> Handler:
     inner_uu: Any = handler.unary_unary
 
     async def unary_unary(request: Any, context: Context) -> Any:
-        return await around(info, context, lambda: _respond(inner_uu(request, context)))
+        def proceed() -> Awaitable[Any]:
+            return _respond(inner_uu(request, context))
+
+        if check is None:
+            return await around(info, context, proceed)
+        return await around(info, context, lambda: _checked(check, request, context, proceed))
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
 
@@ -185,8 +210,9 @@ def wrap_handler(handler: Handler, info: RpcInfo, around: Around) -> Handler:
 class WrappingServerInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
     """A server interceptor defined by one coroutine that runs around every RPC it applies to."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_check: RequestCheck | None = None) -> None:
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._request_check = request_check
 
     def applies_to(self, path: str) -> bool:
         """Whether RPCs to ``path`` go through ``around``; the others pass untouched."""
@@ -195,6 +221,10 @@ class WrappingServerInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
     @abc.abstractmethod
     async def around(self, info: RpcInfo, context: Context, proceed: Proceed) -> Any:
         """Run ``proceed()`` (the rest of the RPC) and return its result, doing this interceptor's job."""
+
+    def around_for(self, path: str) -> Around:
+        """What runs around RPCs to ``path`` (one that ``applies_to``): ``around`` unless overridden."""
+        return self.around
 
     async def intercept_service(
         self,
@@ -210,9 +240,57 @@ class WrappingServerInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
         cached = self._wrapped.get(path)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(handler, rpc_info(path), self.around)
+        check = None if is_infrastructure_method(path) else self._request_check
+        wrapped = wrap_handler(handler, rpc_info(path), self.around_for(path), check)
         self._wrapped[path] = (handler, wrapped)
         return wrapped
+
+
+class WrappingChain(WrappingServerInterceptor):
+    """Several wrapping interceptors run as one grpc.aio hop, ``links`` outermost first.
+
+    grpc.aio runs every server interceptor's ``intercept_service`` for every RPC, and each wrapped handler
+    adds a layer of its own; here an RPC costs one of each, and each link's ``around`` still runs only for
+    the paths that link ``applies_to``, in the same order and with the same outcome as separate hops.
+    """
+
+    def __init__(
+        self, links: Sequence[WrappingServerInterceptor], request_check: RequestCheck | None = None
+    ) -> None:
+        super().__init__(request_check)
+        if not links:
+            raise ValueError("a chain needs at least one interceptor")
+        self._links = tuple(links)
+
+    @property
+    def links(self) -> tuple[WrappingServerInterceptor, ...]:
+        """The interceptors, outermost first."""
+        return self._links
+
+    def applies_to(self, path: str) -> bool:
+        return any(link.applies_to(path) for link in self._links)
+
+    async def around(self, info: RpcInfo, context: Context, proceed: Proceed) -> Any:
+        return await self.around_for(info.path)(info, context, proceed)
+
+    def around_for(self, path: str) -> Around:
+        return _nest([link.around_for(path) for link in self._links if link.applies_to(path)])
+
+
+def _nest(arounds: Sequence[Around]) -> Around:
+    """One ``around`` that runs ``arounds`` one inside the other, the first outermost.
+
+    Plain functions handing on the outer link's coroutine, so nesting adds no coroutine frame per RPC.
+    """
+    outer = arounds[0]
+    if len(arounds) == 1:
+        return outer
+    inner = _nest(arounds[1:])
+
+    def around(info: RpcInfo, context: Context, proceed: Proceed) -> Awaitable[Any]:
+        return outer(info, context, lambda: inner(info, context, proceed))
+
+    return around
 
 
 # --- client side ------------------------------------------------------------------------------------------
@@ -250,8 +328,15 @@ class ObservingClientInterceptor(
         self._watchers: set[asyncio.Task[None]] = set()
 
     @abc.abstractmethod
+    def observe(self, info: RpcInfo, metadata: grpc.aio.Metadata) -> Finish:
+        """Called as a call to ``info`` starts, with the outgoing metadata, which it may add to; returns
+        the function to call with the call's final code."""
+
     def start(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Finish]:
         """Called as a call starts: the details to send on, and the function to call with its final code."""
+        metadata = copy_metadata(details)
+        finish = self.observe(rpc_info(details.method), metadata)
+        return with_metadata(details, metadata), finish
 
     async def intercept_unary_unary(
         self,
@@ -349,27 +434,79 @@ class ObservingClientInterceptor(
 
 
 class ObserverChain(ObservingClientInterceptor):
-    """Several observers run as one grpc.aio interceptor: each grpc.aio interceptor hop costs a call
-    object of its own, so tracing and metrics share one hop. Starts run in order, finishes in reverse."""
+    """Several observers run as one: each grpc.aio interceptor hop costs a call object and a task of its
+    own, so tracing and metrics share one hop (and ``MeshClient`` runs the chain in its own attempt path,
+    with no hop at all). Starts run in order, finishes in reverse."""
 
     def __init__(self, observers: Sequence[ObservingClientInterceptor]) -> None:
         super().__init__()
         self._observers = tuple(observers)
 
-    def start(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Finish]:
-        finishes: list[Finish] = []
-        for observer in self._observers:
-            details, finish = observer.start(details)
-            finishes.append(finish)
+    @property
+    def observers(self) -> tuple[ObservingClientInterceptor, ...]:
+        """The observers, outermost first."""
+        return self._observers
+
+    def observe(self, info: RpcInfo, metadata: grpc.aio.Metadata) -> Finish:
+        if len(self._observers) == 2:  # tracing + metrics, the usual chain: no list, no loop
+            first, second = self._observers
+            finish_first = first.observe(info, metadata)
+            finish_second = second.observe(info, metadata)
+
+            def finish_pair(code: grpc.StatusCode) -> None:
+                finish_second(code)
+                finish_first(code)
+
+            return finish_pair
+        finishes = [observer.observe(info, metadata) for observer in self._observers]
+        finishes.reverse()
 
         def finish_all(code: grpc.StatusCode) -> None:
-            for finish in reversed(finishes):
+            for finish in finishes:
                 finish(code)
 
-        return details, finish_all
+        return finish_all
 
 
-class _UnaryUnaryAdapter(grpc.aio.UnaryUnaryClientInterceptor):
+def take_observers(
+    interceptors: Iterable[grpc.aio.ClientInterceptor],
+) -> tuple[ObservingClientInterceptor | None, list[grpc.aio.ClientInterceptor]]:
+    """Split a client chain into its leading observers, merged into one, and the rest, kept as it is.
+
+    A caller that runs the observers itself around each call (``MeshClient``) saves their grpc.aio hop.
+    Only observers in front of every other interceptor are taken, so the order of the chain holds: an
+    observer behind, say, a token interceptor stays where it is. ``split_by_arity`` adapters are looked
+    through, and an observer filed under several arities is taken once.
+    """
+    taken: list[ObservingClientInterceptor] = []
+    rest: list[grpc.aio.ClientInterceptor] = []
+    for interceptor in interceptors:
+        inner = getattr(interceptor, "inner", None) if isinstance(interceptor, _ArityAdapter) else interceptor
+        if not rest and isinstance(inner, ObservingClientInterceptor):
+            if not any(inner is seen for seen in taken):
+                taken.append(inner)
+        else:
+            rest.append(interceptor)
+    if not taken:
+        return None, rest
+    return (taken[0] if len(taken) == 1 else ObserverChain(taken)), rest
+
+
+def contains_observer(interceptors: Iterable[grpc.aio.ClientInterceptor]) -> bool:
+    """Whether any interceptor of the chain (``split_by_arity`` adapters looked through) is an observer."""
+    return any(
+        isinstance(
+            getattr(i, "inner", None) if isinstance(i, _ArityAdapter) else i, ObservingClientInterceptor
+        )
+        for i in interceptors
+    )
+
+
+class _ArityAdapter:
+    """One arity of a four-arity interceptor, which subclasses keep as ``inner``."""
+
+
+class _UnaryUnaryAdapter(_ArityAdapter, grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, inner: grpc.aio.UnaryUnaryClientInterceptor) -> None:
         self.inner = inner
 
@@ -384,7 +521,7 @@ class _UnaryUnaryAdapter(grpc.aio.UnaryUnaryClientInterceptor):
         return await self.inner.intercept_unary_unary(continuation, client_call_details, request)
 
 
-class _UnaryStreamAdapter(grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamAdapter(_ArityAdapter, grpc.aio.UnaryStreamClientInterceptor):
     def __init__(self, inner: grpc.aio.UnaryStreamClientInterceptor) -> None:
         self.inner = inner
 
@@ -399,7 +536,7 @@ class _UnaryStreamAdapter(grpc.aio.UnaryStreamClientInterceptor):
         return await self.inner.intercept_unary_stream(continuation, client_call_details, request)
 
 
-class _StreamUnaryAdapter(grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnaryAdapter(_ArityAdapter, grpc.aio.StreamUnaryClientInterceptor):
     def __init__(self, inner: grpc.aio.StreamUnaryClientInterceptor) -> None:
         self.inner = inner
 
@@ -415,7 +552,7 @@ class _StreamUnaryAdapter(grpc.aio.StreamUnaryClientInterceptor):
         return await self.inner.intercept_stream_unary(continuation, client_call_details, request_iterator)
 
 
-class _StreamStreamAdapter(grpc.aio.StreamStreamClientInterceptor):
+class _StreamStreamAdapter(_ArityAdapter, grpc.aio.StreamStreamClientInterceptor):
     def __init__(self, inner: grpc.aio.StreamStreamClientInterceptor) -> None:
         self.inner = inner
 

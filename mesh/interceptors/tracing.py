@@ -13,10 +13,11 @@ import importlib
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Final
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -35,11 +36,8 @@ from mesh.interceptors._rpc import (
     Proceed,
     RpcInfo,
     WrappingServerInterceptor,
-    copy_metadata,
     final_code,
     is_infrastructure_method,
-    rpc_info,
-    with_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +122,7 @@ def _client_attributes(info: RpcInfo, target_service: str | None) -> Mapping[str
     return {**_rpc_attributes(info), "peer.service": target_service}
 
 
-def _end(span: Span, code: grpc.StatusCode, error_codes: frozenset[grpc.StatusCode]) -> None:
+def _end(span: Span, code: grpc.StatusCode, *, error_codes: frozenset[grpc.StatusCode]) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in error_codes:
         span.set_status(Status(StatusCode.ERROR, code.name))
@@ -158,17 +156,19 @@ class TracingServerInterceptor(WrappingServerInterceptor):
             info.name, context=parent, kind=SpanKind.SERVER, attributes=_rpc_attributes(info)
         )
         error: BaseException | None = None
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            try:
-                return await proceed()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                code = final_code(context, error)
-                if code is grpc.StatusCode.UNKNOWN and isinstance(error, Exception):
-                    span.record_exception(error)  # an unexpected exception, not a status the handler chose
-                _end(span, code, _SERVER_ERROR_CODES)
+        # The span is current while the handler runs (what trace.use_span does, minus its generator).
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await proceed()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code = final_code(context, error)
+            if code is grpc.StatusCode.UNKNOWN and isinstance(error, Exception):
+                span.record_exception(error)  # an unexpected exception, not a status the handler chose
+            _end(span, code, error_codes=_SERVER_ERROR_CODES)
+            otel_context.detach(token)
 
 
 class TracingClientInterceptor(ObservingClientInterceptor):
@@ -179,19 +179,35 @@ class TracingClientInterceptor(ObservingClientInterceptor):
     ) -> None:
         super().__init__()
         self._tracer = _tracer(tracer_provider)
+        self._global = tracer_provider is None
         self._target_service = target_service
+        # Span name and attributes per method path, built once: a call then allocates only its span.
+        self._methods: dict[str, tuple[str, Mapping[str, AttributeValue]]] = {}
 
-    def start(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Finish]:
-        info = rpc_info(details.method)
-        attributes = _client_attributes(info, self._target_service)
-        span = self._tracer.start_span(info.name, kind=SpanKind.CLIENT, attributes=attributes)
-        metadata = copy_metadata(details)
+    def observe(self, info: RpcInfo, metadata: grpc.aio.Metadata) -> Finish:
+        if self._global and isinstance(trace.get_tracer_provider(), _NON_RECORDING_PROVIDERS):
+            # No SDK installed (yet): the span would be the caller's own context, so pass that on as it is.
+            propagate.inject(metadata, setter=_GRPC_SETTER)
+            return _nothing_to_end
+        method = self._methods.get(info.path)
+        if method is None:
+            method = self._methods[info.path] = (info.name, _client_attributes(info, self._target_service))
+        span = self._tracer.start_span(method[0], kind=SpanKind.CLIENT, attributes=method[1])
+        if not span.is_recording() and span.get_span_context() == trace.get_current_span().get_span_context():
+            # No tracing SDK (or an unsampled trace): the "span" is the caller's own context, passed on
+            # as it is, and there is nothing to end.
+            propagate.inject(metadata, setter=_GRPC_SETTER)
+            return _nothing_to_end
         propagate.inject(metadata, context=trace.set_span_in_context(span), setter=_GRPC_SETTER)
+        return partial(_end, span, error_codes=_CLIENT_ERROR_CODES)
 
-        def finish(code: grpc.StatusCode) -> None:
-            _end(span, code, _CLIENT_ERROR_CODES)
 
-        return with_metadata(details, metadata), finish
+# What the global provider is before an SDK provider is installed: neither ever records a span.
+_NON_RECORDING_PROVIDERS: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def _nothing_to_end(code: grpc.StatusCode) -> None:
+    """The finish of a call whose span records nothing."""
 
 
 # --- Kafka ------------------------------------------------------------------------------------------------

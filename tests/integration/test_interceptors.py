@@ -1,8 +1,9 @@
 """The mesh interceptors on real grpc.aio servers and channels over loopback (and the real broker for Kafka).
 
 Every server here is a plain ``grpc.aio.server`` carrying ``server_interceptors(...)``; every client a plain
-channel carrying ``client_interceptors(...)``. Spans go to an in-memory exporter, metrics to a fresh
-registry per test, so each test reads exactly what its own calls produced.
+channel carrying ``client_interceptors(...)``, or (last section) a ``MeshClient`` that runs them itself.
+Spans go to an in-memory exporter, metrics to a fresh registry per test, so each test reads exactly what
+its own calls produced.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -25,10 +27,11 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
-from mesh.breaker import BreakerState
+from mesh.breaker import BreakerConfig, BreakerState
+from mesh.client import Attempt, ClientConfig, MeshClient, ServicePolicy
 from mesh.interceptors import (
     PermissionMap,
     Principal,
@@ -47,6 +50,7 @@ from mesh.interceptors import (
     start_metrics_server,
 )
 from mesh.logs import JsonFormatter
+from mesh.retry import RetryPolicy
 from mesh.status import abort_with, status_details
 
 pytestmark = pytest.mark.integration
@@ -85,10 +89,16 @@ class CameraServicer(streaming_pb2_grpc.StreamingServiceServicer):
         self.principals: list[Principal | None] = []
         self.holding = 0
         self.release = asyncio.Event()
+        self.unavailable = 0  # how many "flaky" lookups still answer UNAVAILABLE
+        self.seen: list[tuple[dict[str, str | bytes], float | None]] = []  # metadata, time_remaining()
 
     async def GetCamera(self, request, context):
         self.principals.append(current_principal())
+        self.seen.append((dict(context.invocation_metadata()), context.time_remaining()))
         log.info("camera looked up", extra={"camera_id": request.camera_id})
+        if request.camera_id == "flaky" and self.unavailable > 0:
+            self.unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "flaky on purpose")
         if request.camera_id == "missing":
             await abort_with(context, grpc.StatusCode.NOT_FOUND, "no such camera", reason="CAMERA_NOT_FOUND")
         if request.camera_id == "hold":
@@ -719,3 +729,177 @@ async def test_handlers_see_the_principal_on_unary_calls_and_both_stream_styles(
     clients = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
     assert sorted(s.name for s in servers) == sorted(c.name for c in clients)
     assert {s.context.trace_id for s in servers} == {c.context.trace_id for c in clients}
+
+
+# --- through the mesh client ------------------------------------------------------------------------------
+# MeshClient runs the tracing and metrics of client_interceptors(...) in its own attempt path rather than
+# as a grpc.aio interceptor: the same spans, traceparent and metrics, one set per attempt.
+
+
+async def test_each_mesh_attempt_has_its_own_client_span_metrics_and_traceparent(provider, spans, registry):
+    servicer = CameraServicer()
+    servicer.unavailable = 1  # the first attempt fails, the retry succeeds
+    attempts: list[Attempt] = []
+    chain = client_interceptors(SERVICE, registry=registry, tracer_provider=provider)
+    async with (
+        serving(server_interceptors(SERVICE, registry=registry, tracer_provider=provider), servicer) as addr,
+        MeshClient.static({SERVICE: [addr]}, interceptors=chain, on_attempt=attempts.append) as mesh,
+    ):
+        stub = mesh.stub(SERVICE, streaming_pb2_grpc.StreamingServiceStub)
+        with provider.get_tracer("tests").start_as_current_span("caller") as caller:
+            camera = await stub.GetCamera(
+                streaming_pb2.GetCameraRequest(camera_id="flaky"),
+                timeout=5.0,
+                metadata=(("x-request-id", "r-1"),),
+            )
+    assert camera.camera_id == "flaky"
+    assert [a.code for a in attempts] == ["UNAVAILABLE", "OK"]
+    finished = spans.get_finished_spans()
+    clients = by_kind(finished, SpanKind.CLIENT)
+    servers = by_kind(finished, SpanKind.SERVER)
+    assert [c.attributes["rpc.grpc.status_code"] for c in clients] == [14, 0]
+    assert [c.status.status_code for c in clients] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert all(c.name == GET_CAMERA and c.attributes["peer.service"] == SERVICE for c in clients)
+    assert all(c.parent.span_id == caller.get_span_context().span_id for c in clients)
+    assert {s.context.trace_id for s in finished} == {caller.get_span_context().trace_id}
+    # each attempt's traceparent named its own client span
+    assert sorted(s.parent.span_id for s in servers) == sorted(c.context.span_id for c in clients)
+    for metadata, remaining in servicer.seen:
+        assert metadata["x-request-id"] == "r-1"  # the caller's metadata goes along with the traceparent
+        assert "traceparent" in metadata
+        assert remaining is not None  # the deadline travels with every attempt
+        assert 0 < remaining < 5.1  # (gRPC's timeout header rounds up a little)
+    assert called(registry, GET_CAMERA, "UNAVAILABLE") == called(registry, GET_CAMERA, "OK") == 1
+    assert (
+        sample(
+            registry,
+            "itsmesh_grpc_client_latency_seconds_count",
+            target_service=SERVICE,
+            method=GET_CAMERA,
+            code="OK",
+        )
+        == 1
+    )
+    assert sample(registry, "itsmesh_grpc_client_in_flight", target_service=SERVICE, method=GET_CAMERA) == 0
+
+
+async def test_a_mesh_bidi_stream_is_one_client_span_and_one_count(provider, spans, registry):
+    chain = client_interceptors(SERVICE, registry=registry, tracer_provider=provider)
+    async with (
+        serving(
+            server_interceptors(SERVICE, registry=registry, tracer_provider=provider), CameraServicer()
+        ) as addr,
+        MeshClient.static({SERVICE: [addr]}, interceptors=chain) as mesh,
+    ):
+        stub = mesh.stub(SERVICE, streaming_pb2_grpc.StreamingServiceStub)
+        replies = await frame_stream(stub, frames=3)
+        await eventually(lambda: called(registry, STREAM_FRAMES, "OK") == 1)
+        await eventually(lambda: len(spans.get_finished_spans()) == 2)
+    assert len(replies) == 4
+    [server] = by_kind(spans.get_finished_spans(), SpanKind.SERVER)
+    [client] = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+    assert client.name == server.name == STREAM_FRAMES
+    assert server.parent.span_id == client.context.span_id
+    assert client.attributes["rpc.grpc.status_code"] == 0
+    assert (
+        sample(registry, "itsmesh_grpc_client_in_flight", target_service=SERVICE, method=STREAM_FRAMES) == 0
+    )
+
+
+async def test_a_mesh_call_the_caller_cancels_is_counted_cancelled(provider, spans, registry):
+    servicer = CameraServicer()
+    chain = client_interceptors(SERVICE, registry=registry, tracer_provider=provider)
+    async with (
+        serving(server_interceptors(SERVICE, registry=registry, tracer_provider=provider), servicer) as addr,
+        MeshClient.static({SERVICE: [addr]}, interceptors=chain) as mesh,
+    ):
+        stub = mesh.stub(SERVICE, streaming_pb2_grpc.StreamingServiceStub)
+        task = asyncio.ensure_future(stub.GetCamera(streaming_pb2.GetCameraRequest(camera_id="hold")))
+        await eventually(lambda: servicer.holding == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: served(registry, GET_CAMERA, "CANCELLED") == 1)
+    assert called(registry, GET_CAMERA, "CANCELLED") == 1
+    assert sample(registry, "itsmesh_grpc_client_in_flight", target_service=SERVICE, method=GET_CAMERA) == 0
+    [client] = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+    assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+
+
+async def test_the_token_interceptor_stays_on_the_mesh_channels(provider, spans, registry):
+    servicer = CameraServicer()
+    chain = client_interceptors(
+        SERVICE, token_provider=lambda: "viewer-token", registry=registry, tracer_provider=provider
+    )
+    async with (
+        authenticated_server(provider, registry, servicer) as addr,
+        MeshClient.static({SERVICE: [addr]}, interceptors=chain) as mesh,
+    ):
+        await mesh.stub(SERVICE, streaming_pb2_grpc.StreamingServiceStub).GetCamera(
+            streaming_pb2.GetCameraRequest(camera_id="cam-1")
+        )
+    assert [p.subject if p else None for p in servicer.principals] == ["viewer-1"]
+    [server] = by_kind(spans.get_finished_spans(), SpanKind.SERVER)
+    [client] = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
+    assert server.parent.span_id == client.context.span_id
+    assert called(registry, GET_CAMERA, "OK") == 1
+
+
+async def test_a_mesh_client_traces_and_counts_by_default_per_service_called(provider, spans, registry):
+    """Without interceptors of its own, the client records into the global provider and registry, each
+    route labelled with the service it calls, and the caller's trace still reaches the server."""
+    target = f"echo-{uuid.uuid4().hex[:8]}"  # a label of its own in the process-wide registry
+    async with (
+        serving(
+            server_interceptors(SERVICE, registry=registry, tracer_provider=provider), CameraServicer()
+        ) as addr,
+        MeshClient.static({target: [addr]}) as mesh,
+        MeshClient.static({f"{target}-off": [addr]}, telemetry=False) as silent,
+    ):
+        with provider.get_tracer("tests").start_as_current_span("caller") as caller:
+            await mesh.stub(target, streaming_pb2_grpc.StreamingServiceStub).GetCamera(
+                streaming_pb2.GetCameraRequest(camera_id="cam-1")
+            )
+        await silent.stub(f"{target}-off", streaming_pb2_grpc.StreamingServiceStub).GetCamera(
+            streaming_pb2.GetCameraRequest(camera_id="cam-2")
+        )
+    labels = {"target_service": target, "method": GET_CAMERA, "code": "OK"}
+    assert REGISTRY.get_sample_value("itsmesh_grpc_client_requests_total", labels) == 1
+    assert REGISTRY.get_sample_value("itsmesh_breaker_state", {"service": target, "endpoint": addr}) == 0
+    off = {**labels, "target_service": f"{target}-off"}
+    assert REGISTRY.get_sample_value("itsmesh_grpc_client_requests_total", off) is None
+    first_server = by_kind(spans.get_finished_spans(), SpanKind.SERVER)[0]
+    assert first_server.context.trace_id == caller.get_span_context().trace_id
+
+
+async def test_breaker_states_of_mesh_endpoints_are_exported(provider, registry):
+    dead = f"127.0.0.1:{_free_port()}"
+    policy = ServicePolicy(
+        breaker=BreakerConfig(consecutive_failures=1, cool_down_seconds=60.0),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    chain = client_interceptors(SERVICE, registry=registry, tracer_provider=provider)
+    async with (
+        serving(
+            server_interceptors(SERVICE, registry=registry, tracer_provider=provider), CameraServicer()
+        ) as addr,
+        MeshClient.static(
+            {SERVICE: [addr], "gone": [dead]}, interceptors=chain, config=ClientConfig(default_policy=policy)
+        ) as mesh,
+    ):
+        await mesh.stub(SERVICE, streaming_pb2_grpc.StreamingServiceStub).GetCamera(
+            streaming_pb2.GetCameraRequest(camera_id="cam-1")
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await mesh.stub("gone", streaming_pb2_grpc.StreamingServiceStub).GetCamera(
+                streaming_pb2.GetCameraRequest(camera_id="cam-1"), timeout=2.0
+            )
+    assert sample(registry, "itsmesh_breaker_state", service=SERVICE, endpoint=addr) == 0
+    assert sample(registry, "itsmesh_breaker_state", service="gone", endpoint=dead) == 2
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound and released at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

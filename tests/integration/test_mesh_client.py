@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
@@ -38,6 +39,7 @@ from mesh.client import (
 from mesh.deadline import DeadlinePropagationInterceptor
 from mesh.errors import CircuitOpenError, ClientClosedError, MeshUnavailable, NoEndpointsError
 from mesh.host import GrpcService, ServiceHost, ServiceSpec
+from mesh.interceptors import server_interceptors
 from mesh.registry import Registration, Watcher, open_redis
 from mesh.retry import RetryPolicy
 from mesh.settings import ServiceSettings
@@ -194,8 +196,10 @@ class Load:
         return sum(self.served_by.values())
 
 
-async def run_load(stub: Stub, stop: asyncio.Event, *, workers: int = 8, timeout: float = 2.0) -> Load:
-    """Idempotent unary calls from ``workers`` loops until ``stop`` is set."""
+async def run_load(
+    stub: Stub, stop: asyncio.Event, *, workers: int = 8, timeout: float = 2.0, until: int | None = None
+) -> Load:
+    """Idempotent unary calls from ``workers`` loops until ``stop`` is set (or ``until`` calls succeeded)."""
     load = Load()
 
     async def worker(index: int) -> None:
@@ -208,17 +212,40 @@ async def run_load(stub: Stub, stop: asyncio.Event, *, workers: int = 8, timeout
                 load.failures.append(exc)
             else:
                 load.served_by[reply.name] += 1
+                if until is not None and load.ok >= until:
+                    stop.set()
 
     await asyncio.gather(*(worker(i) for i in range(workers)))
     return load
 
 
-async def load_for(stub: Stub, seconds: float, **kwargs) -> Load:
+async def load_of(stub: Stub, calls: int, *, within: float = 60.0, **kwargs) -> Load:
+    """Load until ``calls`` calls have succeeded: a fixed sample, however fast the machine is right now.
+
+    ``within`` only guards against a hang; it is no speed requirement.
+    """
     stop = asyncio.Event()
-    running = asyncio.ensure_future(run_load(stub, stop, **kwargs))
-    await asyncio.sleep(seconds)
-    stop.set()
-    return await running
+    running = asyncio.ensure_future(run_load(stub, stop, until=calls, **kwargs))
+    try:
+        return await asyncio.wait_for(asyncio.shield(running), within)
+    except TimeoutError:
+        stop.set()
+        load = await running
+        raise AssertionError(f"only {load.ok} of {calls} calls succeeded within {within} s") from None
+
+
+async def max_loop_lag(stop: asyncio.Event) -> float:
+    """The longest the event loop was late waking a 5 ms sleeper, until ``stop`` is set.
+
+    On a machine shared with other test runs the loop is sometimes starved for tens of milliseconds; a
+    bound on how late the mesh reacts is checked net of that, not of the machine's load.
+    """
+    worst = 0.0
+    while not stop.is_set():
+        before = time.monotonic()
+        await asyncio.sleep(0.005)
+        worst = max(worst, time.monotonic() - before - 0.005)
+    return worst
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -269,6 +296,9 @@ async def test_generated_stubs_work_unchanged_for_unary_and_streaming_methods(in
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+        # ``client`` is another name of ``stub``.
+        assert (await mesh.client(SERVICE, Stub).GetCamera(camera("cam-c"), timeout=2.0)).camera_id == "cam-c"
 
         # The call object answers like a grpc.aio call.
         unary = stub.GetCamera(camera("cam-x"), timeout=2.0)
@@ -400,12 +430,14 @@ async def test_instance_failing_every_call_is_ejected_then_readmitted_by_half_op
         b.servicer.failing = False
         await eventually(lambda: breaker_of_b() is BreakerState.CLOSED, 3.0, "probes close b's breaker")
         readmitted = b.servicer.calls["GetCamera"]
-        await asyncio.sleep(0.5)
+        # However slowly the loaded machine runs the load, b is back in rotation and takes calls again.
+        await eventually(
+            lambda: b.servicer.calls["GetCamera"] - readmitted > 20, 10.0, "b takes its share again"
+        )
         stop.set()
         load = await running
 
     assert load.failures == [], failure_summary(load)
-    assert b.servicer.calls["GetCamera"] - readmitted > 20, "b takes its share again"
     records = await read_breakers(redis, SERVICE, namespace=f"{namespace}:breakers")
     assert (records[b.address].previous, records[b.address].state) == ("half_open", "closed")
     assert a.address not in records
@@ -416,10 +448,11 @@ async def test_p2c_sends_at_most_a_fifth_of_the_traffic_to_an_instance_20_ms_slo
     _, _, slow = await fleet.start("a", "b", "slow")
     slow.servicer.delay_s = 0.020
     async with registry_client(redis, namespace, expect=3) as (mesh, _):
-        load = await load_for(mesh.stub(SERVICE, Stub), 1.5, workers=8)
+        # A fixed number of calls rather than a fixed time: the sample (warm-up included) is the same
+        # size on a loaded machine as on an idle one.
+        load = await load_of(mesh.stub(SERVICE, Stub), 600, workers=8)
     assert load.failures == []
     share = load.served_by["slow"] / load.ok
-    assert load.ok > 300
     assert share <= 0.20, f"slow instance got {share:.0%} of {load.ok} calls"
 
 
@@ -537,9 +570,13 @@ async def test_retries_never_run_past_the_callers_deadline(redis, namespace, fle
                 await stub.GetCamera(camera(), timeout=0.3)
             return started, time.monotonic() - started, caught.value.code()
 
+        stop_probe = asyncio.Event()
+        probe = asyncio.ensure_future(max_loop_lag(stop_probe))
         results = await asyncio.gather(*(timed_call() for _ in range(5)))
+        stop_probe.set()
+        lag = await probe
     for _, elapsed, code in results:
-        assert elapsed < 0.3 + 0.05
+        assert elapsed < 0.3 + 0.05 + lag, f"ended {elapsed - 0.3:.3f} s late with the loop {lag:.3f} s late"
         assert code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
     first_start = min(started for started, _, _ in results)
     assert len(attempts) > 5 * 3, "retries happened"
@@ -646,18 +683,23 @@ async def test_a_deadline_set_on_an_inbound_call_reaches_the_downstream_call(red
         downstream = mesh.stub(SERVICE, Stub)
         propagating, propagating_address = await _front_server(downstream, [DeadlinePropagationInterceptor()])
         plain, plain_address = await _front_server(downstream, [])
+        # the same job as a link of the server's one interceptor hop
+        chained, chained_address = await _front_server(
+            downstream, server_interceptors("front", registry=CollectorRegistry(), propagate_deadline=True)
+        )
         try:
-            async with grpc.aio.insecure_channel(propagating_address) as channel:
-                await Stub(channel).GetCamera(camera(), timeout=1.5)
-            async with grpc.aio.insecure_channel(plain_address) as channel:
-                await Stub(channel).GetCamera(camera(), timeout=1.5)
+            for address in (propagating_address, plain_address, chained_address):
+                async with grpc.aio.insecure_channel(address) as channel:
+                    await Stub(channel).GetCamera(camera(), timeout=1.5)
         finally:
             await propagating.stop(None)
             await plain.stop(None)
-    with_interceptor, without = echo.servicer.deadlines
+            await chained.stop(None)
+    with_interceptor, without, with_chain = echo.servicer.deadlines
     # gRPC measures time_remaining() against the wall clock: allow it a few milliseconds of drift.
-    assert with_interceptor is not None
-    assert 1.0 < with_interceptor < 1.5 + 0.02
+    for inherited in (with_interceptor, with_chain):
+        assert inherited is not None
+        assert 1.0 < inherited < 1.5 + 0.02
     assert without is None, "grpc Python does not pass a deadline on by itself"
 
 

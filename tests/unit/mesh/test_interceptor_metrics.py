@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mesh.breaker import BreakerState
 from mesh.interceptors import (
@@ -16,6 +16,7 @@ from mesh.interceptors import (
     server_interceptors,
     set_breaker_state,
 )
+from mesh.interceptors.metrics import LATENCY_BUCKETS
 
 BREAKER = "itsmesh_breaker_state"
 
@@ -102,3 +103,28 @@ async def test_the_asgi_app_serves_the_registry_for_mounting_at_metrics():
         reply = await client.get("/metrics")
     assert reply.status_code == 200
     assert 'itsmesh_breaker_state{endpoint="a:1",service="alert"} 2.0' in reply.text
+
+
+def _samples(registry: CollectorRegistry, family: str) -> list[str]:
+    lines = generate_latest(registry).decode().splitlines()
+    return [line for line in lines if line.startswith(family) and "_created" not in line]
+
+
+@pytest.mark.parametrize("seconds", [[], [0.0005], [0.0001, 0.003, 0.003, 0.75, 400.0]])
+def test_lock_free_call_stats_expose_what_a_prometheus_histogram_would(seconds):
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    counts = mesh_metrics(ours).client_calls.series("alert", "x.Y/Z", "OK")
+    histogram = Histogram(
+        "itsmesh_grpc_client_latency_seconds",
+        "reference",
+        ["target_service", "method", "code"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference,
+    ).labels("alert", "x.Y/Z", "OK")
+    for value in seconds:
+        counts.observe(value)
+        histogram.observe(value)
+    family = "itsmesh_grpc_client_latency_seconds_"
+    assert _samples(ours, family) == _samples(reference, family)
+    labels = {"target_service": "alert", "method": "x.Y/Z", "code": "OK"}
+    assert ours.get_sample_value("itsmesh_grpc_client_requests_total", labels) == len(seconds)
