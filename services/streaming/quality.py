@@ -170,6 +170,11 @@ class QualityTracker:
         self._bad_since_s: float | None = None
         self._issues_seen: set[Issue.ValueType] = set()
 
+    @property
+    def active_issues(self) -> tuple[Issue.ValueType, ...]:
+        """The issues of the current degraded run; empty while the camera is not degraded."""
+        return tuple(sorted(self._issues_seen)) if self.degraded else ()
+
     def should_sample(self) -> bool:
         """Count one accepted frame; True when it is to be decoded and measured."""
         sample = self._frames % self._sample_every == 0

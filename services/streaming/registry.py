@@ -1,4 +1,4 @@
-"""Camera registry operations: store the configuration, then publish CameraConfigChanged events."""
+"""Camera registry operations: each change commits with its CameraConfigChanged event (outbox)."""
 
 from __future__ import annotations
 
@@ -7,36 +7,43 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from itsmesh.v1 import common_pb2, events_pb2
-from mesh.events import CAMERA_EVENTS_TOPIC, EventPublisher
-from services.streaming.store import CameraPage, CameraStore
+from mesh.events import CAMERA_EVENTS_TOPIC
+from services.streaming.outbox import OutboxRelay
+from services.streaming.store import Announce, CameraPage, CameraStore, OutboxEvent
 
 
 class CameraRegistry:
     """The registry the gRPC front calls with already validated input."""
 
-    def __init__(self, store: CameraStore, publisher: EventPublisher, instance_id: str) -> None:
+    def __init__(self, store: CameraStore, relay: OutboxRelay, instance_id: str) -> None:
         self.store = store
-        self._publisher = publisher
+        self._relay = relay
         self._instance_id = instance_id
 
     async def register(self, camera: common_pb2.Camera, changed_by: str) -> common_pb2.Camera:
-        """Store a new camera and announce it; raises store.CameraExists."""
-        stored = await self.store.create(camera)
-        await self._announce(events_pb2.CONFIG_CHANGE_TYPE_CREATED, stored, (), changed_by)
+        """Store a new camera with its announcement; raises store.CameraExists."""
+        stored, row_id = await self.store.create(
+            camera, self._announce(events_pb2.CONFIG_CHANGE_TYPE_CREATED, (), changed_by)
+        )
+        await self._relay.published(row_id)
         return stored
 
     async def update(
         self, camera: common_pb2.Camera, etag: str, changed_fields: list[str], changed_by: str
     ) -> common_pb2.Camera:
-        """Store the new configuration and announce it; raises CameraNotFound or StaleEtag."""
-        stored = await self.store.replace(camera, etag)
-        await self._announce(events_pb2.CONFIG_CHANGE_TYPE_UPDATED, stored, changed_fields, changed_by)
+        """Store the new configuration with its announcement; raises CameraNotFound or StaleEtag."""
+        stored, row_id = await self.store.replace(
+            camera, etag, self._announce(events_pb2.CONFIG_CHANGE_TYPE_UPDATED, changed_fields, changed_by)
+        )
+        await self._relay.published(row_id)
         return stored
 
     async def delete(self, camera_id: str, etag: str, changed_by: str) -> None:
-        """Delete a camera and announce it with its last configuration."""
-        last = await self.store.delete(camera_id, etag)
-        await self._announce(events_pb2.CONFIG_CHANGE_TYPE_DELETED, last, (), changed_by)
+        """Delete a camera, announced with its last configuration."""
+        _, row_id = await self.store.delete(
+            camera_id, etag, self._announce(events_pb2.CONFIG_CHANGE_TYPE_DELETED, (), changed_by)
+        )
+        await self._relay.published(row_id)
 
     async def get(self, camera_id: str) -> common_pb2.Camera:
         """One camera; raises CameraNotFound."""
@@ -54,13 +61,22 @@ class CameraRegistry:
         """Registered cameras."""
         return await self.store.count()
 
-    async def _announce(
+    def _announce(
+        self,
+        change_type: events_pb2.ConfigChangeType.ValueType,
+        changed_fields: Sequence[str],
+        changed_by: str,
+    ) -> Announce:
+        """The builder of the change's event from the camera as stored."""
+        return lambda camera: self._event(change_type, camera, changed_fields, changed_by)
+
+    def _event(
         self,
         change_type: events_pb2.ConfigChangeType.ValueType,
         camera: common_pb2.Camera,
         changed_fields: Sequence[str],
         changed_by: str,
-    ) -> None:
+    ) -> OutboxEvent:
         event = events_pb2.CameraEvent(
             event_id=str(uuid.uuid4()),
             camera_id=camera.camera_id,
@@ -74,4 +90,4 @@ class CameraRegistry:
             ),
         )
         event.event_time.FromDatetime(datetime.now(UTC))
-        await self._publisher.publish_and_wait(CAMERA_EVENTS_TOPIC, camera.camera_id, event)
+        return OutboxEvent(CAMERA_EVENTS_TOPIC, camera.camera_id, event.event_id, event.SerializeToString())

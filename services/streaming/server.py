@@ -11,13 +11,13 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import empty_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, field_mask_pb2
 from redis.exceptions import RedisError
 
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
@@ -31,11 +31,15 @@ from mesh.status import (
     raise_for_violations,
     status_error,
 )
-from services.streaming.ingest import FrameIngest, StreamSnapshot
+from services.streaming.ingest import FrameIngest
+from services.streaming.ingest import timestamp as _timestamp
 from services.streaming.registry import CameraRegistry
 from services.streaming.stats import connection_state
 from services.streaming.store import CameraExists, CameraNotFound, StaleEtag
+from services.streaming.telemetry_ingest import TelemetryIngest
 from services.streaming.validation import IMMUTABLE_FIELDS, validate_camera
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,6 +55,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
     def __init__(self) -> None:
         self.registry: CameraRegistry | None = None
         self.ingest: FrameIngest | None = None
+        self.telemetry: TelemetryIngest | None = None
 
     def _registry(self) -> CameraRegistry:
         if self.registry is None:
@@ -143,8 +148,16 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             await self._registry().delete(request.camera_id, request.etag, _subject())
             if self.ingest is not None:
                 await self.ingest.end_camera(request.camera_id)
-                if self.ingest.thumbnails is not None:
-                    await self.ingest.thumbnails.delete(request.camera_id)
+                try:  # the camera is gone already: Redis trouble must not turn that into an error
+                    if self.ingest.thumbnails is not None:
+                        await self.ingest.thumbnails.delete(request.camera_id)
+                    if self.ingest.live is not None:  # its owner, on any instance, then ends the stream
+                        await self.ingest.live.forget(request.camera_id)
+                except (RedisError, OSError) as exc:
+                    log.warning(
+                        "deleted camera left in Redis until its keys expire",
+                        extra={"camera_id": request.camera_id, "error": str(exc)},
+                    )
             return empty_pb2.Empty()
         raise AssertionError("unreachable")
 
@@ -173,33 +186,62 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             raise status_error(grpc.StatusCode.UNAVAILABLE, "ingest is starting", retry_delay_s=1.0)
         return self.ingest
 
-    async def _camera_status(self, camera_id: str) -> streaming_pb2.CameraStatus:
+    async def _camera_statuses(self, camera_ids: list[str]) -> dict[str, streaming_pb2.CameraStatus]:
+        """Statuses from the cluster view in Redis, this instance's own streams fresher; Redis down: local."""
         ingest = self._ingest()
-        live = ingest.stream_of(camera_id)
-        status = streaming_pb2.CameraStatus(camera_id=camera_id)
-        opened = ingest.last_open_time(camera_id)
-        if opened is not None:
-            status.connect_time.CopyFrom(_timestamp(opened))
-        if live is not None:
-            status.stream_id = live.stream_id
-            status.instance_id = ingest.instance_id
-            status.acked_through_sequence = live.acked_through
-            status.frames_per_second = live.frames_per_second
-            status.frames_accepted = live.accepted
-            status.frames_rejected = live.rejected
-            status.frames_duplicate = live.duplicate
-            last_frame = live.last_frame_time
-        else:
-            durable, last_frame = await self._registry().store.acked_through(camera_id)
-            status.acked_through_sequence = durable
-        if last_frame is not None:
-            status.last_frame_time.CopyFrom(_timestamp(last_frame))
-        status.state = connection_state(
-            live=live is not None,
-            acked_through=status.acked_through_sequence,
-            ever_streamed=opened is not None or last_frame is not None,
-        )
-        return status
+        shared: dict[str, streaming_pb2.CameraStatus] = {}
+        if ingest.live is not None:
+            try:
+                shared = await ingest.live.statuses(camera_ids)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "cluster status unavailable; answering from this instance", extra={"error": str(exc)}
+                )
+        statuses: dict[str, streaming_pb2.CameraStatus] = {}
+        unknown: list[str] = []
+        for camera_id in camera_ids:
+            local, found = ingest.stream_of(camera_id), shared.get(camera_id)
+            if local is not None and (found is None or found.stream_id in ("", local.stream_id)):
+                statuses[camera_id] = local.camera_status()
+            elif found is not None:
+                statuses[camera_id] = found
+            else:
+                unknown.append(camera_id)
+        progress = await self._registry().store.acked_through_many(unknown) if unknown else {}
+        for camera_id in unknown:  # never streamed, or its status expired: PostgreSQL knows the progress
+            durable, last_frame = progress.get(camera_id, (0, None))
+            status = streaming_pb2.CameraStatus(camera_id=camera_id, acked_through_sequence=durable)
+            opened = ingest.last_open_time(camera_id)
+            if opened is not None:
+                status.connect_time.CopyFrom(_timestamp(opened))
+            if last_frame is not None:
+                status.last_frame_time.CopyFrom(_timestamp(last_frame))
+            status.state = connection_state(
+                live=False, acked_through=durable, ever_streamed=opened is not None or last_frame is not None
+            )
+            statuses[camera_id] = status
+        return statuses
+
+    async def _online_count(self) -> int:
+        ingest = self._ingest()
+        if ingest.live is not None:
+            try:
+                return len(await ingest.live.live_cameras())
+            except (RedisError, OSError) as exc:
+                log.warning("cluster status unavailable; counting this instance", extra={"error": str(exc)})
+        return len(ingest.streams())
+
+    async def _frame_streams(self) -> list[streaming_pb2.StreamInfo]:
+        """Frame streams of the cluster; this instance's own with their current counters."""
+        ingest = self._ingest()
+        shared: list[streaming_pb2.StreamInfo] = []
+        if ingest.live is not None:
+            try:
+                shared = await ingest.live.live_streams()
+            except (RedisError, OSError) as exc:
+                log.warning("cluster streams unavailable; listing this instance", extra={"error": str(exc)})
+        mine = {stream.stream_id: stream.stream_info() for stream in ingest.streams()}
+        return [mine.pop(info.stream_id, info) for info in shared] + list(mine.values())
 
     async def GetCameraStatus(
         self, request: streaming_pb2.GetCameraStatusRequest, context: Context
@@ -207,7 +249,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
         async with _errors(context):
             _require_id(request.camera_id, "camera_id")
             await self._registry().get(request.camera_id)  # NOT_FOUND for unknown cameras
-            return await self._camera_status(request.camera_id)
+            return (await self._camera_statuses([request.camera_id]))[request.camera_id]
         raise AssertionError("unreachable")
 
     async def ListCameraStatuses(
@@ -219,21 +261,29 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
                 raise_for_violations([("state", f"unknown CameraConnectionState {request.state}")])
             labels = dict(request.labels)
             filters = _filter_digest(labels, True) + f"/{int(request.state)}"
-            after = _decode_token(request.page_token, filters)
-            registry, ingest = self._registry(), self._ingest()
-            page = await registry.list(
-                after=after,
-                limit=request.page_size or DEFAULT_PAGE_SIZE,
-                labels=labels,
-                include_disabled=True,
-            )
-            statuses = [await self._camera_status(camera.camera_id) for camera in page.cameras]
-            if request.state != streaming_pb2.CAMERA_CONNECTION_STATE_UNSPECIFIED:
-                statuses = [status for status in statuses if status.state == request.state]
+            cursor = _decode_token(request.page_token, filters)
+            registry, limit = self._registry(), request.page_size or DEFAULT_PAGE_SIZE
+            statuses: list[streaming_pb2.CameraStatus] = []
+            next_after = ""
+            # The state filter applies before paging: scan the registry until the page is full.
+            while len(statuses) < limit:
+                page = await registry.list(after=cursor, limit=limit, labels=labels, include_disabled=True)
+                found = await self._camera_statuses([camera.camera_id for camera in page.cameras])
+                for index, camera in enumerate(page.cameras):
+                    status = found[camera.camera_id]
+                    if request.state in (streaming_pb2.CAMERA_CONNECTION_STATE_UNSPECIFIED, status.state):
+                        statuses.append(status)
+                    if len(statuses) == limit:
+                        more = index + 1 < len(page.cameras) or page.next_after is not None
+                        next_after = camera.camera_id if more else ""
+                        break
+                if page.next_after is None:
+                    break
+                cursor = page.next_after
             return streaming_pb2.ListCameraStatusesResponse(
                 statuses=statuses,
-                next_page_token=_encode_token(page.next_after, filters) if page.next_after else "",
-                online_count=len(ingest.streams()),
+                next_page_token=_encode_token(next_after, filters) if next_after else "",
+                online_count=await self._online_count(),
                 registered_count=await registry.count(),
             )
         raise AssertionError("unreachable")
@@ -248,16 +298,20 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             filters = f"streams/{int(request.kind)}"
             after = _decode_token(request.page_token, filters)
             ingest = self._ingest()
-            streams: list[StreamSnapshot] = []
+            streams: list[streaming_pb2.StreamInfo] = []
             if request.kind in (streaming_pb2.STREAM_KIND_UNSPECIFIED, streaming_pb2.STREAM_KIND_FRAMES):
-                streams = sorted(ingest.streams(), key=_stream_key)
+                streams = sorted(await self._frame_streams(), key=_stream_key)
+            telemetry_kinds = (streaming_pb2.STREAM_KIND_UNSPECIFIED, streaming_pb2.STREAM_KIND_TELEMETRY)
+            if request.kind in telemetry_kinds and self.telemetry is not None:
+                # Telemetry streams of this instance only (they keep no cluster-wide lease).
+                streams = sorted([*streams, *self.telemetry.stream_infos()], key=_stream_key)
             if after:
                 streams = [stream for stream in streams if _stream_key(stream) > after]
             limit = request.page_size or DEFAULT_PAGE_SIZE
             page = streams[:limit]
             next_after = _stream_key(page[-1]) if len(streams) > limit else ""
             return streaming_pb2.ListStreamsResponse(
-                streams=[_stream_info(stream) for stream in page],
+                streams=page,
                 next_page_token=_encode_token(next_after, filters) if next_after else "",
                 instance_id=ingest.instance_id,
             )
@@ -270,7 +324,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             ingest = self._ingest()
             snapshot = ingest.snapshot()
             redis_healthy = ingest.thumbnails is not None and await ingest.thumbnails.healthy()
-            return streaming_pb2.IngestStatus(
+            status = streaming_pb2.IngestStatus(
                 instance_id=snapshot.instance_id,
                 start_time=_timestamp(snapshot.start_time),
                 frame_streams=snapshot.frame_streams,
@@ -283,6 +337,9 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
                 kafka_healthy=snapshot.kafka_started,
                 redis_healthy=redis_healthy,
             )
+            if self.telemetry is not None:
+                self.telemetry.fill_status(status)
+            return status
         raise AssertionError("unreachable")
 
     # --- frame ingest ---------------------------------------------------------------------------------
@@ -304,6 +361,28 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
                 "the database is unavailable",
                 retry_delay_s=RETRY_DELAY_S,
             )
+
+    # --- telemetry ingest -----------------------------------------------------------------------------
+
+    def _telemetry(self) -> TelemetryIngest:
+        if self.telemetry is None:
+            raise status_error(grpc.StatusCode.UNAVAILABLE, "telemetry ingest is starting", retry_delay_s=1.0)
+        return self.telemetry
+
+    async def StreamTelemetry(  # type: ignore[override]  # reader/writer style: responses go via context
+        self, request_iterator: AsyncIterator[streaming_pb2.StreamTelemetryRequest], context: Context
+    ) -> None:
+        try:
+            await self._telemetry().serve(request_iterator, context)
+        except StatusError as error:
+            await abort_with_error(context, error)
+
+    async def SubmitTelemetry(
+        self, request: streaming_pb2.SubmitTelemetryRequest, context: Context
+    ) -> streaming_pb2.SubmitTelemetryResponse:
+        async with _errors(context):
+            return await self._telemetry().submit(request, context)
+        raise AssertionError("unreachable")
 
 
 def _errors(context: Context) -> errors_as_status:
@@ -344,36 +423,9 @@ def _check_page_size(page_size: int) -> None:
         raise_for_violations([("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")])
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _stream_key(stream: StreamSnapshot) -> str:
+def _stream_key(stream: streaming_pb2.StreamInfo) -> str:
     """Sorts streams by open time (fixed-width, so text order is time order), then id."""
-    return f"{stream.open_time.timestamp():020.6f}/{stream.stream_id}"
-
-
-def _stream_info(stream: StreamSnapshot) -> streaming_pb2.StreamInfo:
-    info = streaming_pb2.StreamInfo(
-        stream_id=stream.stream_id,
-        kind=streaming_pb2.STREAM_KIND_FRAMES,
-        source_id=stream.camera_id,
-        peer=stream.peer,
-        open_time=_timestamp(stream.open_time),
-        items_received=stream.received,
-        items_accepted=stream.accepted,
-        items_rejected=stream.rejected,
-        items_duplicate=stream.duplicate,
-        items_in_flight=stream.in_flight,
-        credit_available=stream.credit,
-        acked_through_sequence=stream.acked_through,
-        client_version=stream.client_version,
-    )
-    if stream.last_message_time is not None:
-        info.last_message_time.CopyFrom(_timestamp(stream.last_message_time))
-    return info
+    return f"{stream.open_time.seconds:012d}.{stream.open_time.nanos:09d}/{stream.stream_id}"
 
 
 def _require_id(value: str, field: str) -> None:

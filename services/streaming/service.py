@@ -1,8 +1,8 @@
 """Assembles the streaming process for the service host.
 
 Resources, started in this order and closed in reverse: token verification (when auth is on), the Kafka
-event publisher, Redis (latest-frame thumbnails), the PostgreSQL pool — the last attaches the registry
-and frame ingest to the servicer.
+event publisher, Redis (latest-frame thumbnails, the cluster view of streams), the PostgreSQL pool — the
+last attaches the registry (with its outbox relay task) and frame ingest to the servicer.
 """
 
 from __future__ import annotations
@@ -10,21 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
+import grpc
 from redis.asyncio import Redis
 
 from itsmesh.v1 import streaming_pb2, streaming_pb2_grpc
 from mesh.events import EventPublisher, KafkaSettings, PublishError, ensure_topics
 from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
+from mesh.tasks import stop_task
 from mesh.tokens import token_auth
 from services.streaming.config import StreamingSettings
 from services.streaming.ingest import FrameIngest, IngestLimits
+from services.streaming.live_status import LiveStatusStore
+from services.streaming.outbox import OutboxRelay, RelaySettings
 from services.streaming.registry import CameraRegistry
 from services.streaming.server import StreamingServicer
-from services.streaming.store import CameraStore
+from services.streaming.store import CameraStore, Outbox
+from services.streaming.telemetry_config import TelemetrySettings
+from services.streaming.telemetry_service import telemetry_resource
 from services.streaming.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
@@ -37,10 +43,13 @@ def build(
     *,
     kafka: KafkaSettings | None = None,
     limits: IngestLimits | None = None,
+    telemetry: TelemetrySettings | None = None,
+    auth_interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    relay_settings: RelaySettings | None = None,
 ) -> ServiceSpec:
     """The streaming service as the host runs it."""
     settings = settings or StreamingSettings()
-    servicer = StreamingServicer()  # type: ignore[abstract]  # telemetry and status RPCs land later
+    servicer = StreamingServicer()
     authenticator, auth_resources = token_auth(settings)  # every RPC but health/reflection needs a token
     publisher = EventPublisher(settings.kafka_bootstrap_servers, kafka or KafkaSettings())
 
@@ -73,7 +82,9 @@ def build(
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10)
         try:
             store = CameraStore(pool)
-            servicer.registry = CameraRegistry(store, publisher, settings.instance_id)
+            relay = OutboxRelay(Outbox(pool), publisher, relay_settings)
+            relayer = asyncio.create_task(relay.run(), name="streaming-outbox-relay")
+            servicer.registry = CameraRegistry(store, relay, settings.instance_id)
             servicer.ingest = FrameIngest(
                 store,
                 publisher,
@@ -81,13 +92,28 @@ def build(
                 host.draining,
                 limits,
                 thumbnails=thumbnails,
+                live=LiveStatusStore(redis),
+            )
+            lapsed = asyncio.create_task(
+                servicer.ingest.report_lapsed_streams(), name="streaming-lapsed-streams"
             )
             yield pool
         finally:
             servicer.registry = servicer.ingest = None
+            await stop_task(lapsed)
+            await stop_task(relayer)
             await pool.close()
 
-    resources: tuple[Resource, ...] = (*auth_resources, kafka_publisher, redis_client, database)
+    telemetry_ingest = telemetry_resource(
+        servicer, settings, telemetry or TelemetrySettings(), publisher, redis, auth_interceptors
+    )
+    resources: tuple[Resource, ...] = (
+        *auth_resources,
+        kafka_publisher,
+        redis_client,
+        database,
+        telemetry_ingest,
+    )
     return ServiceSpec(
         name="streaming",
         settings=settings,

@@ -9,24 +9,39 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import cv2
 import grpc
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf import timestamp_pb2
 
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.host import ServiceHost
+from mesh.interceptors import BearerTokenInterceptor
+from mesh.tokens import ServiceTokenSource
+from services.auth.authority import SYSTEM
 from services.streaming.config import StreamingSettings
 from services.streaming.ingest import IngestLimits
+from services.streaming.outbox import RelaySettings
 from services.streaming.service import build
+from services.streaming.telemetry_config import TelemetrySettings
 
 
 @asynccontextmanager
-async def streaming_host(infra: Any, limits: IngestLimits | None = None) -> AsyncIterator[ServiceHost]:
-    """A streaming host without auth, on a free port, with its Kafka producer connected."""
+async def streaming_host(
+    infra: Any,
+    limits: IngestLimits | None = None,
+    *,
+    relay: RelaySettings | None = None,
+    kafka_bootstrap_servers: str | None = None,
+    wait_for_kafka: bool = True,
+) -> AsyncIterator[ServiceHost]:
+    """A streaming host without auth, on a free port; waits until its Kafka producer connected, unless told
+    not to (a broker that is down, or an address where none listens)."""
     settings = StreamingSettings(
         database_url=infra.database_url,
         redis_url=infra.redis_url,
-        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+        kafka_bootstrap_servers=kafka_bootstrap_servers or infra.kafka_bootstrap_servers,
         bind_host="127.0.0.1",
         grpc_port=0,
         register_in_discovery=False,
@@ -34,12 +49,12 @@ async def streaming_host(infra: Any, limits: IngestLimits | None = None) -> Asyn
         drain_grace_s=2.0,
         require_auth=False,
     )
-    host = ServiceHost(build(settings, limits=limits))
+    host = ServiceHost(build(settings, limits=limits, relay_settings=relay))
     await host.start()
     try:
         servicer: Any = host.spec.grpc_services[0].servicer
         deadline = time.monotonic() + 20
-        while not servicer.ingest._publisher.started:
+        while wait_for_kafka and not servicer.ingest._publisher.started:
             assert time.monotonic() < deadline, "the Kafka producer did not connect"
             await asyncio.sleep(0.05)
         yield host
@@ -119,7 +134,27 @@ def structural_jpeg(width: int = 640, height: int = 360, size: int = 2000, seed:
     return head + scan + b"\xff\xd9"
 
 
-JPEG = structural_jpeg()
+def scene(shift: int = 0, width: int = 640, height: int = 360) -> np.ndarray:
+    """A sharp, mid-bright road-like picture (checkerboard with a lane stripe), shifted per frame."""
+    ys, xs = np.indices((height, width))
+    grey = np.where(((xs + shift) // 16 + ys // 16) % 2 == 1, 190, 60).astype(np.uint8)
+    grey[height // 2 - 4 : height // 2 + 4, :] = 240
+    return np.dstack([grey, grey // 2 + 40, grey])
+
+
+def real_jpeg(
+    shift: int = 0, width: int = 640, height: int = 360, quality: int = 85, brightness: float = 1.0
+) -> bytes:
+    """``scene(shift)`` really encoded by OpenCV: a sharp picture, well lit unless ``brightness`` < 1."""
+    image = (scene(shift, width, height) * brightness).astype(np.uint8)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(data.tobytes())
+
+
+STRUCTURAL_JPEG = structural_jpeg()
+"""Genuine markers around a filler scan, for tests that cut or edit the structure byte by byte."""
+JPEG = real_jpeg()
 
 
 def now_stamp(offset_s: float = 0.0) -> timestamp_pb2.Timestamp:
@@ -195,3 +230,54 @@ class Camera:
 
     def duplicates(self) -> list[int]:
         return [s for a in self.acks for s in a.duplicate_sequences]
+
+
+@asynccontextmanager
+async def telemetry_host(
+    infra: Any,
+    auth: Any,
+    telemetry: TelemetrySettings | None = None,
+    limits: IngestLimits | None = None,
+    grpc_port: int = 0,
+) -> AsyncIterator[ServiceHost]:
+    """A streaming host verifying ``auth``'s tokens (a running auth stack), with telemetry ingest that
+    reads device secrets from that auth over gRPC with a service token of a new service account."""
+    account, secret = await auth.authority.create_service_account(
+        SYSTEM,
+        service_account_id=f"streaming-{uuid.uuid4().hex[:8]}",
+        description="verifies telemetry signatures",
+        roles=("service",),
+    )
+    source = ServiceTokenSource(auth.auth_http, account.service_account_id, secret)
+    settings = StreamingSettings(
+        database_url=infra.database_url,
+        redis_url=infra.redis_url,
+        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+        bind_host="127.0.0.1",
+        grpc_port=grpc_port,
+        register_in_discovery=False,
+        metrics_port=None,
+        drain_grace_s=2.0,
+        migrate_on_start=False,
+        auth_url=auth.auth_http,
+    )
+    wanted = telemetry or TelemetrySettings()
+    wanted = wanted.model_copy(update={"auth_grpc_address": auth.auth_grpc})
+    host = ServiceHost(
+        build(
+            settings,
+            limits=limits,
+            telemetry=wanted,
+            auth_interceptors=[BearerTokenInterceptor(source)],
+        )
+    )
+    await host.start()
+    try:
+        servicer: Any = host.spec.grpc_services[0].servicer
+        deadline = time.monotonic() + 20
+        while not servicer.ingest._publisher.started:
+            assert time.monotonic() < deadline, "the Kafka producer did not connect"
+            await asyncio.sleep(0.05)
+        yield host
+    finally:
+        await host.stop()

@@ -10,7 +10,15 @@ from itsmesh.v1 import common_pb2, events_pb2, streaming_pb2
 from mesh.events import CAMERA_DETECTIONS_TOPIC, CAMERA_EVENTS_TOPIC
 from services.streaming.ingest import IngestLimits
 from services.streaming.quality import QualityThresholds
-from tests.integration.streaming_host import JPEG, Camera, camera, frame, records, streaming_host, stub
+from tests.integration.streaming_host import (
+    STRUCTURAL_JPEG,
+    Camera,
+    camera,
+    frame,
+    records,
+    streaming_host,
+    stub,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +47,8 @@ def _undecodable() -> bytes:
 
     (The filler-scan JPEG alone is not enough: the decoder fills a corrupt scan in and returns an image.)
     """
-    without = JPEG.replace(b"\xff\xdb\x00\x43\x00" + bytes(range(1, 65)), b"")
-    assert without != JPEG
+    without = STRUCTURAL_JPEG.replace(b"\xff\xdb\x00\x43\x00" + bytes(range(1, 65)), b"")
+    assert without != STRUCTURAL_JPEG
     return without
 
 

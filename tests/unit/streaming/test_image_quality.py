@@ -128,6 +128,7 @@ def test_degraded_is_reported_once_after_the_run_and_restored_once_after_clean_s
         return _measured(checkerboard(shift=next(shifts)), tracker)
 
     transitions = []
+    assert tracker.active_issues == ()
     kinds = ["clean", "blur", "blur", "clean", "blur", "blur", "blur", "blur", "blur"]
     for sequence, image_kind in enumerate(kinds, start=1):
         measured = clean() if image_kind == "clean" else _measured(BLURRED, tracker)
@@ -140,6 +141,7 @@ def test_degraded_is_reported_once_after_the_run_and_restored_once_after_clean_s
     assert Issue.QUALITY_ISSUE_BLURRY in degraded.issues
     assert degraded.degraded_for_s == pytest.approx(2.0)  # from sequence 5 to 7
     assert tracker.degraded
+    assert tracker.active_issues == degraded.issues
 
     assert tracker.observe(clean(), 10, 110.0) is None  # one clean sample is not a recovery
     assert tracker.observe(_measured(BLURRED, tracker), 11, 111.0) is None  # still degraded, no repeat
@@ -149,6 +151,7 @@ def test_degraded_is_reported_once_after_the_run_and_restored_once_after_clean_s
     assert restored.sequence == 13
     assert Issue.QUALITY_ISSUE_BLURRY in restored.cleared_issues
     assert not tracker.degraded
+    assert tracker.active_issues == ()
     assert tracker.observe(clean(), 14, 114.0) is None
 
 
