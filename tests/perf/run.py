@@ -17,6 +17,7 @@ from tests.perf import (
     bench_host,
     bench_mesh,
     bench_streaming,
+    bench_telemetry,
 )
 from tests.perf.results import BenchResult, write_results
 
@@ -26,8 +27,8 @@ BENCHMARKS = [
     bench_auth,
     bench_console,
     bench_streaming,
+    bench_telemetry,
     bench_alert,
-    bench_analytics,
     bench_analytics_core,
     bench_analytics,
 ]
