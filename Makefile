@@ -32,8 +32,8 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 
 protos: $(STUBS)  ## generate the protobuf/gRPC stubs (never committed)
 
-run: $(STUBS)  ## start the whole system on embedded infrastructure (Ctrl-C stops it)
-	$(VENV)/bin/itsmesh up
+run: $(STUBS)  ## start the whole system and the traffic simulator on embedded infrastructure (Ctrl-C stops it)
+	$(VENV)/bin/itsmesh up --simulate
 
 infra: $(STUBS)  ## start only the embedded PostgreSQL, Redis and Kafka-protocol broker
 	$(VENV)/bin/itsmesh infra

@@ -155,11 +155,17 @@ def rotate_keys() -> None:
 
 
 @app.command()
-def up(data_dir: DataDir = Path(".itsmesh")) -> None:
+def up(
+    data_dir: DataDir = Path(".itsmesh"),
+    simulate: Annotated[
+        bool, typer.Option(help="Once all serve, also run `itsmesh simulate --loop` (`make run` does).")
+    ] = False,
+) -> None:
     """Start everything on this machine: embedded infra, migrations, every service and the console.
 
     Prints the console URL and a status table once all serve; a service that dies is restarted with
     backoff; Ctrl-C stops everything and leaves no process behind. Service logs: DATA_DIR/logs/.
+    With --simulate the simulator streams too (log: DATA_DIR/logs/simulator.log).
     """
     from infrastructure.embedded import EmbeddedInfra, InfraError
     from infrastructure.supervisor import Supervisor, service_children
@@ -167,10 +173,12 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
 
     endpoints = service_endpoints()
     auth_http_port = importlib.import_module("services.auth.config").AuthSettings().http_port
+    services_ready = asyncio.Event()
 
     def on_serving(results: dict[str, ProbeResult]) -> None:
         out.print(_status_table(results, endpoints))
         if all(r.serving for r in results.values()):
+            services_ready.set()
             console_port = endpoints["console"][1]
             out.print(f"[bold green]all services serving[/] — console: http://127.0.0.1:{console_port}/")
             first_password = data_dir / "auth" / "initial-admin-password"
@@ -199,7 +207,10 @@ def up(data_dir: DataDir = Path(".itsmesh")) -> None:
             if "ITSMESH_AUTH_URL" not in os.environ:  # services read the JWKS from wherever auth listens
                 env["ITSMESH_AUTH_URL"] = f"http://127.0.0.1:{auth_http_port}"
             supervisor = Supervisor(service_children(endpoints), env, data_dir / "logs", _warn)
-            await supervisor.run(stop, on_serving)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(supervisor.run(stop, on_serving))
+                if simulate:
+                    group.create_task(_run_simulator(stop, services_ready, env, data_dir))
             out.print("all services stopped; stopping infrastructure…")
 
     try:
@@ -253,6 +264,72 @@ def certs(
     except OSError as exc:
         fail(f"certs: {exc}")
     out.print(f"CA: {ca.cert_file} (its key {ca.key_file} signs nothing else; keep it private)")
+
+
+@app.command()
+def simulate(
+    cameras: Annotated[int, typer.Option(min=0, help="Synthetic cameras.")] = 2,
+    devices: Annotated[int, typer.Option(min=0, help="GPS devices.")] = 3,
+    fps: Annotated[float, typer.Option(min=0.5, max=60, help="Frames per second per camera.")] = 10.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of (real) time per run.")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same scene and truth.")] = 1,
+    vehicles_per_minute: Annotated[float, typer.Option(min=0, help="Ordinary traffic per camera.")] = 40.0,
+    drop_rate: Annotated[float, typer.Option(min=0, max=0.9, help="Share of frames dropped.")] = 0.1,
+    irregular: Annotated[float, typer.Option(min=0, max=0.45, help="Frame time jitter (periods).")] = 0.25,
+    duplicate_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of frames resent.")] = 0.0,
+    out_of_order_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of frames sent late.")] = 0.0,
+    jitter: Annotated[float, typer.Option(min=0, max=10, help="Box jitter in pixels.")] = 1.5,
+    edge_detections: Annotated[bool, typer.Option(help="Send the cameras' own detections.")] = True,
+    two_way: Annotated[bool, typer.Option(help="The outer lane runs away from the camera.")] = False,
+    readings_per_second: Annotated[float, typer.Option(min=0.1, max=10, help="GPS fixes per second.")] = 1.0,
+    width: Annotated[int, typer.Option(min=320, max=1920, help="Frame width in pixels (16:9).")] = 960,
+    truth: Annotated[Path, typer.Option(help="Ground-truth file (JSON lines).")] = Path(
+        ".itsmesh/simulator/truth.jsonl"
+    ),
+    streaming: Annotated[str | None, typer.Option(help="host:port of streaming (else discovery).")] = None,
+    auth: Annotated[str | None, typer.Option(help="host:port of auth's gRPC (else discovery).")] = None,
+    authenticate: Annotated[bool, typer.Option(help="Log in and stream with device credentials.")] = True,
+    loop: Annotated[bool, typer.Option(help="Run again (next seed) after each run, until Ctrl-C.")] = False,
+    progress: Annotated[bool, typer.Option(help="Live progress table (else one line per run).")] = True,
+    prefix: Annotated[str, typer.Option(help="Prefix of camera and device ids.")] = "sim",
+) -> None:
+    """Synthetic cameras (rendered JPEGs with known vehicles) and GPS devices, streamed in real time.
+
+    Registers the cameras with the streaming service and the devices with auth, streams frames and
+    telemetry, and writes the ground truth (vehicles: lane, direction, crossing time, speed; devices:
+    overspeed and geofence exits) before the first frame. Authentication: see README "Simulator".
+    """
+    from services.simulator.command import SimulationFailed, run_simulations
+    from services.simulator.config import SimulatorSettings
+    from services.simulator.plan import SimulationOptions
+
+    options = SimulationOptions(
+        cameras=cameras,
+        devices=devices,
+        fps=fps,
+        duration_s=duration,
+        seed=seed,
+        vehicles_per_minute=vehicles_per_minute,
+        drop_rate=drop_rate,
+        irregular=irregular,
+        duplicate_rate=duplicate_rate,
+        out_of_order_rate=out_of_order_rate,
+        jitter_px=jitter,
+        edge_detections=edge_detections,
+        two_way=two_way,
+        readings_per_second=readings_per_second,
+        width_px=width,
+        height_px=round(width * 9 / 16),
+        prefix=prefix,
+    )
+    overrides = {k: v for k, v in (("streaming_address", streaming), ("auth_address", auth)) if v}
+    settings = SimulatorSettings().model_copy(update=overrides)
+    try:
+        run_simulations(
+            options, settings, truth=truth, authenticate=authenticate, loop=loop, show_progress=progress
+        )
+    except SimulationFailed as exc:
+        fail(f"simulate: {exc}")
 
 
 @app.command()
@@ -332,6 +409,37 @@ def _status_table(results: dict[str, ProbeResult], endpoints: dict[str, tuple[st
             f"{result.latency_ms:.1f} ms" if result.serving else result.error[:60],
         )
     return table
+
+
+async def _run_simulator(
+    stop: asyncio.Event, ready: asyncio.Event, env: dict[str, str], data_dir: Path
+) -> None:
+    """`itsmesh simulate --loop` as a supervised child, started once every service serves."""
+    import sys
+
+    from infrastructure.supervisor import ChildSpec, Supervisor
+    from mesh.probe import ProbeResult
+
+    waiting = {asyncio.create_task(stop.wait()), asyncio.create_task(ready.wait())}
+    _, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if stop.is_set():
+        return
+    truth = data_dir / "simulator" / "truth.jsonl"
+    argv = [sys.executable, "-m", "services.cli", "simulate", "--loop", "--no-progress"]
+    argv += ["--truth", str(truth)]
+
+    async def running() -> ProbeResult:  # a client has no health endpoint; it runs or is restarted
+        return ProbeResult("SERVING", 0.0)
+
+    def started(_: dict[str, ProbeResult]) -> None:
+        out.print(f"[cyan] simulator[/] streaming; ground truth in {truth}, log in {data_dir / 'logs'}")
+
+    await Supervisor([ChildSpec("simulator", argv, "client", running)], env, data_dir / "logs", _warn).run(
+        stop, started
+    )
 
 
 def _ports_from_env() -> InfraPorts:
