@@ -22,6 +22,8 @@ from typing import Any, Final
 
 import grpc
 
+from mesh.tls import TlsSettings, open_channel
+
 log = logging.getLogger(__name__)
 
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -131,9 +133,11 @@ class ChannelPool:
         options: ChannelOptions = DEFAULT_CHANNEL_OPTIONS,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+        tls: TlsSettings | None = None,
     ) -> None:
         if not close_grace_s >= 0.0:
             raise ValueError("close_grace_s must be non-negative")
+        self._tls = tls
         self._options = list(options)
         self._interceptors = list(interceptors)
         self._grace = close_grace_s
@@ -155,9 +159,7 @@ class ChannelPool:
         if endpoint is None:
             if self._closed:
                 raise RuntimeError("channel pool is closed")
-            channel = grpc.aio.insecure_channel(
-                address, options=self._options, interceptors=self._interceptors or None
-            )
+            channel = open_channel(address, self._tls, self._options, self._interceptors or None)
             endpoint = self._open[address] = EndpointChannel(address, channel)
         return endpoint
 

@@ -102,6 +102,7 @@ from mesh.interceptors.metrics import (
 from mesh.registry import DEFAULT_NAMESPACE, Watcher, open_redis
 from mesh.retry import Retrier, RetryBudget, RetryPolicy, code_name
 from mesh.tasks import stop_task
+from mesh.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,8 @@ class ClientConfig:
     - ``channel_options``: options of every endpoint channel (``mesh.channels.DEFAULT_CHANNEL_OPTIONS``);
     - ``channel_close_grace_s`` (30.0): how long a departed endpoint's calls and streams may finish;
     - ``breaker_namespace``: prefix of the Redis keys breaker transitions go to;
-    - ``client_id``: how this client names itself in those records (host and pid by default).
+    - ``client_id``: how this client names itself in those records (host and pid by default);
+    - ``tls``: TLS/mTLS of the endpoint channels (default: ``ITSMESH_TLS_*`` from the environment).
     """
 
     default_policy: ServicePolicy = DEFAULT_POLICY
@@ -242,6 +244,7 @@ class ClientConfig:
     channel_close_grace_s: float = DEFAULT_CLOSE_GRACE_S
     breaker_namespace: str = DEFAULT_BREAKER_NAMESPACE
     client_id: str = field(default_factory=_default_client_id)
+    tls: TlsSettings = field(default_factory=TlsSettings, hash=False)
 
     def __post_init__(self) -> None:
         if not self.channel_close_grace_s >= 0.0:
@@ -1483,6 +1486,7 @@ class MeshClient:
                     options=config.channel_options,
                     interceptors=self._interceptors,
                     close_grace_s=config.channel_close_grace_s,
+                    tls=config.tls,
                 ),
                 publisher=self._publisher,
                 client_id=config.client_id,

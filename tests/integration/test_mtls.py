@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.client import ClientConfig, MeshClient
 from mesh.host import ServiceHost
 from mesh.tls import TlsSettings, create_ca, issue_certificate, open_channel
 from services.streaming.config import StreamingSettings
@@ -134,3 +135,20 @@ async def test_health_command_presents_the_configured_certificate(mtls_host, pki
     assert code == 1
     assert output.startswith("error:")
     assert "DOWN" in output
+
+
+async def test_mesh_clients_call_through_mtls_and_without_a_certificate_get_no_endpoint(mtls_host, pki):
+    secure = ClientConfig(tls=_tls(pki["ca"], pki["client"]))
+    async with MeshClient.static({"streaming": [mtls_host]}, config=secure) as mesh:
+        reply = await mesh.stub("streaming", health_pb2_grpc.HealthStub).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    plaintext = ClientConfig(tls=TlsSettings(enabled=False))
+    async with MeshClient.static({"streaming": [mtls_host]}, config=plaintext) as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.stub("streaming", health_pb2_grpc.HealthStub).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
