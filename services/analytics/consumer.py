@@ -8,6 +8,10 @@ rebalance or a stop) the pipelines of their cameras are flushed and written befo
 Memory stays bounded under overload: a batch holds at most ``max_batch_records`` records and the fetcher
 at most ``fetch_max_bytes``; records that cannot be processed yet stay in Kafka (consumer lag grows and
 returns to 0 once the load drops).
+
+A record no retry can fix (an undecodable payload) is copied to the dead-letter topic of its source
+(camera.dlq.v1, telemetry.dlq.v1) with the reason, and the broker's acknowledgement is awaited before the
+batch is written and committed, so no such record is dropped unseen.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
@@ -28,7 +32,14 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from itsmesh.v1 import events_pb2
-from mesh.events import CAMERA_DETECTIONS_TOPIC, TELEMETRY_READINGS_TOPIC
+from mesh.events import (
+    CAMERA_DETECTIONS_TOPIC,
+    CAMERA_DLQ_TOPIC,
+    TELEMETRY_DLQ_TOPIC,
+    TELEMETRY_READINGS_TOPIC,
+    EventPublisher,
+    PublishError,
+)
 from mesh.interceptors import kafka_consumer_span
 from services.analytics.camera_config import CameraConfig
 from services.analytics.cameras import CameraConfigs
@@ -48,6 +59,7 @@ log = logging.getLogger(__name__)
 RETRY_S: Final = 1.0
 RATE_WINDOW_S: Final = 10.0
 FAR_FUTURE: Final = datetime.max.replace(tzinfo=UTC)
+MAX_DLQ_PAYLOAD_BYTES: Final = 256 * 1024
 
 PipelineFactory = Callable[[CameraConfig], CameraPipeline]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -92,6 +104,30 @@ def _header(record: Record, name: str) -> str:
     return ""
 
 
+def dead_letter(record: Record, payload_type: str, reason: str) -> events_pb2.DeadLetter:
+    """The DLQ copy of a consumed record: its payload (cut to the size limit), where it was and why it
+    failed. The id derives from topic/partition/offset, so a batch retried after a crash sends the same
+    letter again rather than a new one."""
+    payload = record.value or b""
+    letter = events_pb2.DeadLetter(
+        event_id=str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{record.topic}/{record.partition}/{record.offset}")
+        ),
+        source=events_pb2.DEAD_LETTER_SOURCE_KAFKA_RECORD,
+        source_id=bytes(record.key or b"").decode(errors="replace"),
+        reason_detail=reason,
+        payload=payload[:MAX_DLQ_PAYLOAD_BYTES],
+        payload_type=payload_type,
+        payload_truncated=len(payload) > MAX_DLQ_PAYLOAD_BYTES,
+        payload_size_bytes=len(payload),
+        original_topic=record.topic,
+        original_partition=record.partition,
+        original_offset=record.offset,
+    )
+    letter.reject_time.FromDatetime(datetime.now(UTC))
+    return letter
+
+
 def reading_row(reading: events_pb2.TelemetryReading, event_id: str) -> ReadingRow:
     """A telemetry reading event as a stored row."""
     return ReadingRow(
@@ -122,6 +158,7 @@ class AnalyticsConsumer:
         group_id: str = "analytics",
         limits: ConsumerLimits | None = None,
         topics: Sequence[str] = (CAMERA_DETECTIONS_TOPIC, TELEMETRY_READINGS_TOPIC),
+        dead_letter_topics: Sequence[str] = (CAMERA_DLQ_TOPIC, TELEMETRY_DLQ_TOPIC),
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._pool = pool
@@ -132,6 +169,9 @@ class AnalyticsConsumer:
         self._limits = limits or ConsumerLimits()
         self._topics = tuple(topics)
         self._detections_topic = self._topics[0]
+        self._dead_letter_topics = dict(zip(self._topics, dead_letter_topics, strict=True))
+        self._publisher: EventPublisher | None = None
+        self._dead_letters: list[Awaitable[None]] = []
         self.pipelines: dict[str, CameraPipeline] = {}
         self._camera_partition: dict[str, TopicPartition] = {}
         self._device_partition: dict[str, TopicPartition] = {}
@@ -191,7 +231,10 @@ class AnalyticsConsumer:
                 heartbeat_interval_ms=limits.heartbeat_interval_ms,
             )
             consumer.subscribe(list(self._topics), listener=_Revoker(self))
+            publisher = EventPublisher(self._bootstrap_servers)
             try:
+                await publisher.start()
+                self._publisher = publisher
                 await consumer.start()
                 self.consumer = consumer
                 while not self._stopping.is_set():
@@ -202,7 +245,7 @@ class AnalyticsConsumer:
                         await self._handle(consumer, batches)
                     await self._flush_idle()
                 await self._finish(consumer)
-            except KafkaError as exc:
+            except (KafkaError, PublishError) as exc:
                 log.warning("analytics consumer lost the broker; reconnecting", extra={"error": str(exc)})
                 self._drop_state()
             except Exception:
@@ -211,8 +254,9 @@ class AnalyticsConsumer:
                 log.exception("batch not written; consuming again from the last commit")
                 self._drop_state()
             finally:
-                self.consumer = None
+                self.consumer = self._publisher = None
                 await consumer.stop()
+                await publisher.stop()
             if not self._stopping.is_set():
                 await asyncio.sleep(RETRY_S)
 
@@ -234,6 +278,7 @@ class AnalyticsConsumer:
         self._device_partition.clear()
         self._last_frame_at.clear()
         self._processed_offsets.clear()
+        self._dead_letters.clear()
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[Record]]
@@ -255,6 +300,8 @@ class AnalyticsConsumer:
                     if event_id:
                         seen.add(event_id)
                         batch.event_ids.append(event_id)
+                # before the write: its event ids would mark the dead records as applied
+                await self._dead_letters_sent()
                 await write_batch(connection, batch)
             self.stats.events_processed += len(records)
             for tp, recs in batches.items():
@@ -268,8 +315,10 @@ class AnalyticsConsumer:
                 frame = detection_frame_from_event(
                     events_pb2.CameraDetectionEvent.FromString(record.value or b"")
                 )
-            except (DecodeError, ValueError, OverflowError):  # a record no retry can fix: skip, never block
-                self._skip(record, "undecodable detection event")
+            except (DecodeError, ValueError, OverflowError) as exc:  # no retry can fix it: never block
+                await self._dead_letter(
+                    record, events_pb2.CameraDetectionEvent, "undecodable detection event", exc
+                )
                 return
             if not frame.event_id:
                 frame = _with_event_id(frame, event_id)
@@ -284,8 +333,10 @@ class AnalyticsConsumer:
             try:
                 reading = events_pb2.TelemetryReading.FromString(record.value or b"")
                 row = reading_row(reading, _uuid_of(event_id or reading.event_id, record))
-            except (DecodeError, ValueError, OverflowError):
-                self._skip(record, "undecodable telemetry reading")
+            except (DecodeError, ValueError, OverflowError) as exc:
+                await self._dead_letter(
+                    record, events_pb2.TelemetryReading, "undecodable telemetry reading", exc
+                )
                 return
             self._device_partition[row.device_id] = tp
             batch.readings.append(row)
@@ -300,6 +351,21 @@ class AnalyticsConsumer:
         log.warning(
             why, extra={"topic": record.topic, "partition": record.partition, "offset": record.offset}
         )
+
+    async def _dead_letter(self, record: Record, expected: Any, what: str, error: Exception) -> None:
+        """Skip ``record`` and queue its copy to the dead-letter topic of its source."""
+        self._skip(record, what)
+        topic = self._dead_letter_topics.get(record.topic)
+        if topic is None or self._publisher is None:
+            return
+        letter = dead_letter(record, expected.DESCRIPTOR.full_name, f"{what}: {error}")
+        self._dead_letters.append(await self._publisher.publish(topic, letter.source_id, letter))
+
+    async def _dead_letters_sent(self) -> None:
+        """Wait until the broker holds every queued dead letter (PublishError: the batch is retried)."""
+        letters, self._dead_letters = self._dead_letters, []
+        for acknowledgement in letters:
+            await acknowledgement
 
     async def _pipeline(self, camera_id: str, version: int, tp: TopicPartition) -> CameraPipeline | None:
         config = await self._cameras.get(camera_id, version)

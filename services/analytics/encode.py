@@ -1,9 +1,10 @@
-"""Domain values → protos the I/O side needs: passages for the API, RaiseAlert requests for the outbox."""
+"""Domain values → protos the I/O side needs: passages and metric buckets for the API, RaiseAlert requests for
+the outbox."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -12,6 +13,7 @@ from google.protobuf.message import Message
 
 from itsmesh.v1 import alert_pb2, analytics_pb2, common_pb2, events_pb2
 from services.analytics.model import Anomaly, Passage, TrackPoint, Violation
+from services.analytics.queries import MetricsRow
 
 ALERT_SOURCE: Final = "analytics"
 
@@ -220,3 +222,83 @@ def anomaly_alert(anomaly: Anomaly, proto: events_pb2.Anomaly) -> alert_pb2.Rais
         start_time=timestamp(anomaly.window_start_time),
         evidence=alert_pb2.AlertEvidence(anomaly=proto),
     )
+
+
+_F = analytics_pb2
+
+
+class MetricBucketShape:
+    """Turns stored sums (a MetricsRow) into a TrafficMetricBucket with the requested fields.
+
+    Runs once per bucket — a day of 10 s buckets is 8,640 — so the choices that hold for the whole request
+    (which fields, which classes) are settled here once, and each distinct class mix becomes its
+    ClassCount messages once.
+    """
+
+    def __init__(self, bucket_s: int, fields: frozenset[int], classes: Sequence[str]) -> None:
+        self._bucket_s = bucket_s
+        self._classes = tuple(classes)
+        self._count = _F.TRAFFIC_METRIC_FIELD_VEHICLE_COUNT in fields
+        self._class_counts = _F.TRAFFIC_METRIC_FIELD_CLASS_COUNTS in fields
+        self._mean_speed = _F.TRAFFIC_METRIC_FIELD_MEAN_SPEED in fields
+        self._p85_speed = _F.TRAFFIC_METRIC_FIELD_P85_SPEED in fields
+        self._occupancy = _F.TRAFFIC_METRIC_FIELD_OCCUPANCY in fields
+        self._headway = _F.TRAFFIC_METRIC_FIELD_HEADWAY in fields
+        self._congestion = _F.TRAFFIC_METRIC_FIELD_CONGESTION_LEVEL in fields
+        self._entries: dict[tuple[tuple[str, int], ...], list[analytics_pb2.ClassCount]] = {}
+
+    @property
+    def needs_classes(self) -> bool:
+        """Whether per-class counts must be read."""
+        return bool(self._classes) or self._class_counts
+
+    def bucket(
+        self, row: MetricsRow, message: analytics_pb2.TrafficMetricBucket | None = None
+    ) -> analytics_pb2.TrafficMetricBucket:
+        """The bucket of ``row``, filled into ``message`` when given (``response.buckets.add()``:
+        appending a built message would copy it)."""
+        message = message if message is not None else analytics_pb2.TrafficMetricBucket()
+        message.camera_id = row.camera_id
+        message.lane_id = row.lane
+        message.zone_id = row.zone
+        message.window_count = row.window_count
+        start = row.bucket_start.timestamp()
+        seconds = int(start // 1)
+        stamp = message.bucket_start_time
+        stamp.seconds = seconds
+        stamp.nanos = round((start - seconds) * 1e9)
+        message.bucket.seconds = self._bucket_s
+        counts = row.counts_by_class
+        if self._count:
+            count = sum(counts.get(c, 0) for c in self._classes) if self._classes else row.vehicle_count
+            message.vehicle_count = count
+            message.flow_vehicles_per_hour = count * 3600.0 / self._bucket_s
+        if self._class_counts and counts:
+            message.class_counts.extend(self._class_entries(counts))
+        if self._mean_speed and row.speed_weight:
+            message.mean_speed_kmh = row.speed_sum / row.speed_weight
+        if self._p85_speed:
+            if row.window_count == 1 and row.p85_single is not None:
+                message.p85_speed_kmh = row.p85_single
+            elif row.p85_weight:
+                # windows' percentiles averaged by their vehicle counts: close, not exact
+                message.p85_speed_kmh = row.p85_sum / row.p85_weight
+                message.approximate = True
+        if self._occupancy and row.occupancy_n:
+            message.occupancy_ratio = row.occupancy_sum / row.occupancy_n
+        if self._headway and row.headway_weight:
+            message.mean_headway_s = row.headway_sum / row.headway_weight
+        if self._congestion:
+            message.congestion_level = row.congestion_max  # type: ignore[assignment]  # proto numbers
+        return message
+
+    def _class_entries(self, counts: Mapping[str, int]) -> list[analytics_pb2.ClassCount]:
+        key = tuple(counts.items())
+        entries = self._entries.get(key)
+        if entries is None:
+            chosen = sorted(c for c in counts if not self._classes or c in self._classes)
+            entries = [
+                analytics_pb2.ClassCount(object_class=object_class(c), count=counts[c]) for c in chosen
+            ]
+            self._entries[key] = entries
+        return entries

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import functools
 import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -21,8 +20,9 @@ from itsmesh.v1 import analytics_pb2, analytics_pb2_grpc, common_pb2, events_pb2
 from mesh.status import StatusError, errors_as_status, raise_for_violations, status_error
 from services.analytics import geofences as geofence_rules
 from services.analytics import queries
+from services.analytics.camera_config import enum_label, object_class_label
 from services.analytics.consumer import AnalyticsConsumer
-from services.analytics.encode import duration, object_class, passage_proto, timestamp
+from services.analytics.encode import MetricBucketShape, duration, passage_proto, timestamp
 from services.analytics.geofences import GeofenceStore
 from services.analytics.live import LiveMetrics
 from services.analytics.model import MetricWindow, Passage
@@ -95,7 +95,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             limit = page_size(request, *METRICS_PAGE)
             source = queries.choose_source(query)
             pool = self._pool()
-            shape = _BucketShape(query.bucket_s, _fields(request.metrics), object_classes(request))
+            shape = MetricBucketShape(query.bucket_s, _fields(request.metrics), object_classes(request))
             rows = await queries.traffic_metrics(
                 pool, query, source, offset, limit + 1, classes=shape.needs_classes
             )
@@ -119,7 +119,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             if request.format not in (_F.EXPORT_FORMAT_UNSPECIFIED, _F.EXPORT_FORMAT_CSV):
                 raise_for_violations([("format", "only CSV is supported")])
             fields = _fields(request.metrics)
-            shape = _BucketShape(query.bucket_s, fields, ())
+            shape = MetricBucketShape(query.bucket_s, fields, ())
             source = queries.choose_source(query)
             zone = ZoneInfo(query.time_zone or "UTC")
             header = ["camera_id", "lane_id", "zone_id", "bucket_start_time", "bucket_s"]
@@ -383,68 +383,6 @@ def metrics_breakdown(value: int) -> queries.Breakdown:
     return "camera"
 
 
-class _BucketShape:
-    """Turns stored sums into a TrafficMetricBucket with the requested fields."""
-
-    def __init__(self, bucket_s: int, fields: frozenset[int], classes: Sequence[str]) -> None:
-        self._bucket_s = bucket_s
-        self._fields = fields
-        self._classes = tuple(classes)
-
-    @property
-    def needs_classes(self) -> bool:
-        """Whether per-class counts must be read."""
-        return bool(self._classes) or _F.TRAFFIC_METRIC_FIELD_CLASS_COUNTS in self._fields
-
-    def bucket(
-        self, row: MetricsRow, message: analytics_pb2.TrafficMetricBucket | None = None
-    ) -> analytics_pb2.TrafficMetricBucket:
-        # Field by field rather than through constructors: a day of 10 s buckets is 8,640 messages.
-        fields = self._fields
-        # filled in place when given (``response.buckets.add()``): appending a built message copies it
-        message = message if message is not None else analytics_pb2.TrafficMetricBucket()
-        message.camera_id = row.camera_id
-        message.lane_id = row.lane
-        message.zone_id = row.zone
-        message.window_count = row.window_count
-        start = row.bucket_start.timestamp()
-        message.bucket_start_time.seconds = int(start // 1)
-        message.bucket_start_time.nanos = round((start % 1) * 1e9)
-        message.bucket.seconds = self._bucket_s
-        counts = row.counts_by_class
-        count = sum(counts.get(c, 0) for c in self._classes) if self._classes else row.vehicle_count
-        if _F.TRAFFIC_METRIC_FIELD_VEHICLE_COUNT in fields:
-            message.vehicle_count = count
-            message.flow_vehicles_per_hour = count * 3600.0 / self._bucket_s
-        if _F.TRAFFIC_METRIC_FIELD_CLASS_COUNTS in fields:
-            chosen = sorted(c for c in counts if not self._classes or c in self._classes)
-            for name in chosen:
-                entry = message.class_counts.add()
-                entry.object_class = _class_number(name)
-                entry.count = counts[name]
-        if _F.TRAFFIC_METRIC_FIELD_MEAN_SPEED in fields and row.speed_weight:
-            message.mean_speed_kmh = row.speed_sum / row.speed_weight
-        if _F.TRAFFIC_METRIC_FIELD_P85_SPEED in fields:
-            if row.window_count == 1 and row.p85_single is not None:
-                message.p85_speed_kmh = row.p85_single
-            elif row.p85_weight:
-                # windows' percentiles averaged by their vehicle counts: close, not exact
-                message.p85_speed_kmh = row.p85_sum / row.p85_weight
-                message.approximate = True
-        if _F.TRAFFIC_METRIC_FIELD_OCCUPANCY in fields and row.occupancy_n:
-            message.occupancy_ratio = row.occupancy_sum / row.occupancy_n
-        if _F.TRAFFIC_METRIC_FIELD_HEADWAY in fields and row.headway_weight:
-            message.mean_headway_s = row.headway_sum / row.headway_weight
-        if _F.TRAFFIC_METRIC_FIELD_CONGESTION_LEVEL in fields:
-            message.congestion_level = row.congestion_max  # type: ignore[assignment]  # proto numbers
-        return message
-
-
-@functools.cache
-def _class_number(name: str) -> Any:
-    return object_class(name)
-
-
 def _row_of_window(window: MetricWindow) -> MetricsRow:
     count = window.vehicle_count
     return MetricsRow(
@@ -473,7 +411,7 @@ def _live_update(
 ) -> analytics_pb2.StreamLiveMetricsResponse:
     update = analytics_pb2.StreamLiveMetricsResponse(generate_time=timestamp(datetime.now(UTC)))
     for window in windows:
-        shape = _BucketShape(window.window_s or queries.RAW_WINDOW_S, fields, ())
+        shape = MetricBucketShape(window.window_s or queries.RAW_WINDOW_S, fields, ())
         shape.bucket(_row_of_window(window), update.windows.add())
     return update
 
@@ -532,16 +470,15 @@ def _csv_row(bucket: analytics_pb2.TrafficMetricBucket, fields: frozenset[int], 
         "vehicle_count": str(bucket.vehicle_count),
         "flow_vehicles_per_hour": f"{bucket.flow_vehicles_per_hour:.1f}",
         "class_counts": ";".join(
-            f"{common_pb2.ObjectClass.Name(c.object_class).removeprefix('OBJECT_CLASS_').lower()}={c.count}"
-            for c in bucket.class_counts
+            f"{object_class_label(c.object_class)}={c.count}" for c in bucket.class_counts
         ),
         "mean_speed_kmh": f"{bucket.mean_speed_kmh:.2f}" if bucket.HasField("mean_speed_kmh") else "",
         "p85_speed_kmh": f"{bucket.p85_speed_kmh:.2f}" if bucket.HasField("p85_speed_kmh") else "",
         "occupancy_ratio": f"{bucket.occupancy_ratio:.4f}" if bucket.HasField("occupancy_ratio") else "",
         "mean_headway_s": f"{bucket.mean_headway_s:.2f}" if bucket.HasField("mean_headway_s") else "",
-        "congestion_level": common_pb2.CongestionLevel.Name(bucket.congestion_level)
-        .removeprefix("CONGESTION_LEVEL_")
-        .lower(),
+        "congestion_level": enum_label(
+            common_pb2.CongestionLevel, bucket.congestion_level, "CONGESTION_LEVEL_"
+        ),
     }
     row = [bucket.camera_id, bucket.lane_id, bucket.zone_id, start, str(bucket.bucket.seconds)]
     return row + [values[column] for field, column in _CSV_COLUMNS if field in fields]

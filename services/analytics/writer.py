@@ -1,6 +1,10 @@
-"""Writes a consumed batch in one transaction: COPY into staging tables, then INSERT … ON CONFLICT DO NOTHING.
+"""Writes a consumed batch in one transaction with COPY; natural keys make every write idempotent.
 
-Natural keys make every insert idempotent, so a replayed Kafka batch writes nothing twice. The rollups are
+Passages, readings and processed event ids are copied straight into their tables inside a savepoint — new
+rows are the rule, since records already applied are skipped before the pipeline. Only when a row exists
+already (a unique violation rolls the savepoint back) do they take the slower way: COPY into a staging
+table, then INSERT … ON CONFLICT DO NOTHING. So a replayed Kafka batch writes nothing twice. Metric windows
+always take the staging way, as the rollups need the rows the insert really added. The rollups are
 fed from the raw metric rows an insert actually added (RETURNING), so they never count a window twice.
 Violations and anomalies go to their tables and to the alert outbox in the same transaction.
 """
@@ -318,24 +322,23 @@ async def _announce(connection: Conn, windows: Sequence[MetricWindow]) -> None:
 
 
 async def _write_events(connection: Conn, event_ids: Sequence[str]) -> int:
-    if not event_ids:
-        return 0
-    await connection.copy_records_to_table(
-        "stage_processed_events", records=[(e,) for e in event_ids], columns=("event_id",)
-    )
-    return _count(
-        await connection.execute(
-            "INSERT INTO analytics.processed_events (event_id) SELECT event_id FROM stage_processed_events "
-            "ON CONFLICT DO NOTHING"
-        )
-    )
+    return await _copy_insert(connection, "processed_events", ("event_id",), [(e,) for e in event_ids])
 
 
 async def _copy_insert(
     connection: Conn, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
 ) -> int:
+    """Insert ``records`` into ``analytics.<table>`` skipping existing keys; the number of rows added."""
     if not records:
         return 0
+    try:
+        async with connection.transaction():  # a savepoint: a conflict undoes this COPY only
+            await connection.copy_records_to_table(
+                table, schema_name="analytics", records=records, columns=columns
+            )
+        return len(records)
+    except asyncpg.UniqueViolationError:
+        pass
     await connection.copy_records_to_table(f"stage_{table}", records=records, columns=columns)
     return _count(await connection.execute(_insert_from_stage(table, columns)))
 

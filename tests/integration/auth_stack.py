@@ -92,6 +92,9 @@ async def running_stack(infra, *, with_services: bool = True, **auth_overrides: 
                 ("analytics", build_analytics, AnalyticsSettings),
                 ("alert", build_alert, AlertSettings),
             ]
+            # analytics answers queries only: consuming the shared topics or relaying its outbox would
+            # reach into unrelated tests
+            extra: dict[str, dict[str, Any]] = {"analytics": {"consume": False, "relay_alerts": False}}
             for name, build, settings_cls in builders:
                 settings = settings_cls(
                     **COMMON,
@@ -99,6 +102,7 @@ async def running_stack(infra, *, with_services: bool = True, **auth_overrides: 
                     redis_url=infra.redis_url,
                     migrate_on_start=False,
                     auth_url=auth_url,
+                    **extra.get(name, {}),
                 )
                 host = ServiceHost(build(settings))
                 await host.start()

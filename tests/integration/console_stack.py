@@ -33,7 +33,8 @@ from tests.integration.mesh_instance import EchoStreaming
 SERVICE_BUILDERS: dict[str, tuple[Callable[[Any], ServiceSpec], type, dict[str, Any]]] = {
     "streaming": (build_streaming, StreamingSettings, {}),
     "alert": (build_alert, AlertSettings, {"consume_camera_events": False}),
-    "analytics": (build_analytics, AnalyticsSettings, {}),
+    # queries only: consuming the shared topics or relaying its outbox would reach into unrelated tests
+    "analytics": (build_analytics, AnalyticsSettings, {"consume": False, "relay_alerts": False}),
 }
 
 

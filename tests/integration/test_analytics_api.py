@@ -163,6 +163,39 @@ async def test_buckets_agree_between_raw_windows_and_rollups(infra: Any, stub: A
     assert not any(b.HasField("mean_speed_kmh") for b in lanes)
 
 
+async def test_each_breakdown_reads_exactly_its_series(infra: Any, stub: Any) -> None:
+    camera_id = f"cam-{uuid.uuid4().hex[:8]}"
+    series = [("", ""), ("l1", ""), ("l2", ""), ("", "z1"), ("l1", "z2")]
+    windows = [
+        MetricWindow(
+            time=T0 + timedelta(seconds=10 * i),
+            camera_id=camera_id,
+            lane=lane,
+            zone=zone,
+            window_s=10,
+            vehicle_count=k + 1,
+            counts_by_class={"car": k + 1},
+        )
+        for i in range(12)
+        for k, (lane, zone) in enumerate(series)
+    ]
+    await _store(infra, windows)
+    expected = {
+        analytics_pb2.METRICS_BREAKDOWN_CAMERA: {("", ""): 12},
+        analytics_pb2.METRICS_BREAKDOWN_LANE: {("l1", ""): 24, ("l2", ""): 36},
+        analytics_pb2.METRICS_BREAKDOWN_ZONE: {("", "z1"): 48, ("l1", "z2"): 60},
+    }
+    for bucket_s in (10, 60):  # the raw windows, then the minute rollup
+        for breakdown, totals in expected.items():
+            buckets, _ = await _all_buckets(
+                stub, _request(camera_id, T0, T0 + timedelta(minutes=2), bucket_s, breakdown=breakdown)
+            )
+            found: dict[tuple[str, str], int] = {}
+            for b in buckets:
+                found[(b.lane_id, b.zone_id)] = found.get((b.lane_id, b.zone_id), 0) + b.vehicle_count
+            assert found == totals, (bucket_s, breakdown)
+
+
 async def test_export_streams_the_same_buckets_as_csv(infra: Any, stub: Any) -> None:
     camera_id = f"cam-{uuid.uuid4().hex[:8]}"
     await _store(infra, _windows(camera_id, T0, 360))

@@ -12,6 +12,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from itsmesh.v1 import analytics_pb2, common_pb2, events_pb2
+from mesh.events import CAMERA_DLQ_TOPIC, TELEMETRY_DLQ_TOPIC
 from tests.integration.alert_host import MovableClock, alert_host
 from tests.integration.analytics_host import (
     Topics,
@@ -22,6 +23,7 @@ from tests.integration.analytics_host import (
     reading,
     stamp,
 )
+from tests.integration.streaming_host import records
 
 
 def _free_port() -> int:
@@ -199,16 +201,18 @@ async def test_a_backlog_builds_lag_in_bounded_batches_and_drains_to_zero(infra,
         assert consumer.stats.events_processed >= 3000
 
 
-async def test_an_undecodable_record_is_skipped_not_retried_forever(infra, pg) -> None:
+async def test_an_undecodable_record_is_skipped_and_copied_to_the_dlq_with_the_reason(infra, pg) -> None:
     topics = Topics.fresh()
     await topics.create(infra.kafka_bootstrap_servers, partitions=1)
-    device = f"dev-{uuid.uuid4().hex[:8]}"
+    device, camera = f"dev-{uuid.uuid4().hex[:8]}", f"cam-{uuid.uuid4().hex[:8]}"
+    junk = b"\xff\x00 not a protobuf"
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap_servers)
     await producer.start()
     try:
         await producer.send_and_wait(
-            topics.telemetry, b"\xff\x00 not a protobuf", key=device.encode(), headers=[("event-id", b"junk")]
+            topics.telemetry, junk, key=device.encode(), headers=[("event-id", b"junk")]
         )
+        await producer.send_and_wait(topics.detections, junk, key=camera.encode())
     finally:
         await producer.stop()
     async with analytics_host(infra, topics, relay_alerts=False) as host, analytics_stub(host) as stub:
@@ -217,4 +221,19 @@ async def test_an_undecodable_record_is_skipped_not_retried_forever(infra, pg) -
         )
         await eventually(lambda: _equals(_count(pg, device), 3), what="the readings behind the bad record")
         status = await stub.GetPipelineStatus(analytics_pb2.GetPipelineStatusRequest())
-        assert status.events_processed_total == 4
+        assert status.events_processed_total == 5
+    expected = {
+        TELEMETRY_DLQ_TOPIC: (device, topics.telemetry, "itsmesh.v1.TelemetryReading", "telemetry reading"),
+        CAMERA_DLQ_TOPIC: (camera, topics.detections, "itsmesh.v1.CameraDetectionEvent", "detection event"),
+    }
+    for dlq, (key, topic, payload_type, what) in expected.items():
+        found = await records(infra.kafka_bootstrap_servers, dlq, key, lambda f: len(f) >= 1)
+        assert len(found) == 1, dlq
+        letter = events_pb2.DeadLetter.FromString(found[0].value or b"")
+        assert letter.source == events_pb2.DEAD_LETTER_SOURCE_KAFKA_RECORD
+        assert (letter.source_id, letter.original_topic, letter.payload_type) == (key, topic, payload_type)
+        assert (letter.original_partition, letter.original_offset) == (0, 0)
+        assert letter.payload == junk
+        assert letter.payload_size_bytes == len(junk)
+        assert letter.reason_detail.startswith(f"undecodable {what}: ")
+        assert dict(found[0].headers)["event-id"].decode() == letter.event_id
