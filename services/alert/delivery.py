@@ -11,12 +11,14 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from datetime import datetime, timedelta
 
 from services.alert.backoff import Backoff
 from services.alert.routing_source import Clock, RoutingSource
 from services.alert.senders import OUTCOME_ERROR, OUTCOME_SUCCESS, AttemptResult, Senders
 from services.alert.store import DeliveryStore, DueDelivery
+from services.alert.wakeup import Wakeup, stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ STATE_RETRYING = 2  # itsmesh.v1.DeliveryState numbers
 STATE_SUCCEEDED = 3
 STATE_FAILED = 4
 BATCH = 64
+MAX_IN_FLIGHT = 512
 LEASE_S = 60.0
 
 
@@ -46,23 +49,48 @@ class DeliveryWorker:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not cryptography
 
-    async def run(self, poll_interval_s: float) -> None:
-        """Deliver forever; sleeps only when a round found nothing due."""
-        while True:
-            try:
-                sent = await self.run_once()
-            except Exception:  # a database hiccup must not end delivery; the next round retries
-                log.exception("delivery round failed")
-                sent = 0
-            if sent == 0:
-                await asyncio.sleep(poll_interval_s)
+    async def run(self, poll_interval_s: float, wakeup: Wakeup | None = None) -> None:
+        """Deliver forever. Each claimed delivery is sent in its own task, so a slow receiver holds up
+        neither the others nor the next claim; sleeps (until woken) only when nothing was due."""
+        wakeup = wakeup or Wakeup()
+        inflight: dict[asyncio.Task[None], uuid.UUID] = {}
+        try:
+            while True:
+                wakeup.clear()
+                room = MAX_IN_FLIGHT - len(inflight)
+                due: list[DueDelivery] = []
+                if room > 0:
+                    try:
+                        due = await self._store.claim_due(
+                            self._clock(), min(BATCH, room), LEASE_S, list(inflight.values())
+                        )
+                    except Exception:  # a database hiccup must not end delivery; the next round retries
+                        stop_if_cancelled()
+                        log.exception("claiming deliveries failed")
+                for delivery in due:
+                    task = asyncio.create_task(self._attempt_logged(delivery))
+                    inflight[task] = delivery.delivery_id
+                    task.add_done_callback(lambda done: inflight.pop(done, None))
+                if not due:
+                    await wakeup.wait(poll_interval_s)
+        finally:
+            for task in inflight:
+                task.cancel()
+            # cancelled mid-send: the lease runs out and the delivery is attempted again (nothing lost)
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def run_once(self) -> int:
-        """Claim what is due now and attempt each delivery concurrently."""
+        """Claim what is due now and attempt each delivery concurrently; how many were attempted."""
         due = await self._store.claim_due(self._clock(), BATCH, LEASE_S)
         if due:
             await asyncio.gather(*(self._attempt(d) for d in due))
         return len(due)
+
+    async def _attempt_logged(self, delivery: DueDelivery) -> None:
+        try:
+            await self._attempt(delivery)
+        except Exception:  # the attempt could not be recorded; the lease expires and it is retried
+            log.exception("delivery attempt failed", extra={"delivery_id": str(delivery.delivery_id)})
 
     async def _attempt(self, delivery: DueDelivery) -> None:
         attempt_time = self._clock()

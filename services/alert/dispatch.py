@@ -1,4 +1,4 @@
-"""Which receivers an alert change notifies, decided without I/O from the routing configuration."""
+"""Which groups and receivers a firing alert notifies, decided without I/O from the routing configuration."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 
 from services.alert.escalation import first_step
 from services.alert.inhibition import FiringAlert, inhibited_by
-from services.alert.routing import RoutingConfig
+from services.alert.routing import RoutingConfig, Timing
 
 NOTIFY_FIRING = 1  # itsmesh.v1.NotificationType numbers
 NOTIFY_ESCALATION = 3
-NOTIFY_RESOLVED = 4
 RECEIVER_TYPES = {"webhook": 1, "slack": 2, "email": 3, "kafka": 4}  # itsmesh.v1.ReceiverType numbers
 
 
@@ -30,15 +29,33 @@ class PlannedDelivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """Deliveries to create, and why others were not (for the alert's flags and statistics)."""
+class GroupJoin:
+    """A route the alert notifies through: the group it joins there, and that group's receiver and timing."""
 
+    receiver: str
+    receiver_type: int
+    group_key: str
+    group_labels: Mapping[str, str]
+    timing: Timing
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Groups to join, direct deliveries (escalation tier 0), and why nothing else was planned."""
+
+    groups: list[GroupJoin] = field(default_factory=list)
     deliveries: list[PlannedDelivery] = field(default_factory=list)
     muted: bool = False
     inhibited_by: list[str] = field(default_factory=list)
     group_key: str = ""
     escalation_policy: str = ""
     next_escalation: datetime | None = None
+    silenced: bool = False
+
+    @property
+    def suppressed(self) -> bool:
+        """Whether some notification was held back (silenced, inhibited or a route muted)."""
+        return self.muted or bool(self.inhibited_by) or self.silenced
 
 
 def plan(
@@ -47,14 +64,15 @@ def plan(
     *,
     silenced: bool,
     firing: Iterable[FiringAlert],
-    resolved: bool,
     now: datetime,
+    escalate: bool = True,
 ) -> Plan:
-    """Deliveries for a newly firing (or resolved) alert.
+    """Where a firing alert goes.
 
     ``alert`` carries ``fingerprint`` and ``labels`` (the matcher labels, severity included). Silenced
-    and inhibited alerts notify nobody; a route whose mute interval is active is skipped. A firing
-    notification waits the route's group_wait; a resolution goes out at once.
+    and inhibited alerts join no group; a route whose mute interval is active is skipped. Each matching
+    route's group batches the alert with the others of the group (``grouping``); a route's escalation
+    policy adds its tier 0 receivers as direct deliveries (``escalate`` = False leaves them out).
     """
     if config is None:
         return Plan()
@@ -63,7 +81,8 @@ def plan(
     group_key = matches[0].group_key if matches else ""
     inhibitors = inhibited_by(alert["fingerprint"], labels, firing, config.inhibit_rules)
     if silenced or inhibitors:
-        return Plan(inhibited_by=inhibitors, group_key=group_key)
+        return Plan(inhibited_by=inhibitors, group_key=group_key, silenced=silenced)
+    groups: list[GroupJoin] = []
     deliveries: list[PlannedDelivery] = []
     muted = False
     policy_name, next_escalation = "", None
@@ -72,23 +91,21 @@ def plan(
             muted = True
             continue
         receiver = config.receivers[match.route.receiver]
-        wait = 0.0 if resolved else match.route.timing.group_wait_s
-        deliveries.append(
-            PlannedDelivery(
-                receiver=receiver.name,
-                receiver_type=RECEIVER_TYPES[receiver.type],
-                notification_type=NOTIFY_RESOLVED if resolved else NOTIFY_FIRING,
-                group_key=match.group_key,
-                group_labels=match.group_labels,
-                due=now + timedelta(seconds=wait),
+        groups.append(
+            GroupJoin(
+                receiver.name,
+                RECEIVER_TYPES[receiver.type],
+                match.group_key,
+                match.group_labels,
+                match.route.timing,
             )
         )
-        if match.route.escalation_policy and not policy_name and not resolved:
+        if match.route.escalation_policy and not policy_name and escalate:
             # Tier 0 goes out with the route's notification; later tiers follow if nobody acknowledges.
             policy = config.escalation_policies[match.route.escalation_policy]
             step = first_step(policy, now)
             policy_name, next_escalation = policy.name, step.next_time
-            planned = {d.receiver for d in deliveries}
+            planned = {g.receiver for g in groups}
             for name in step.receivers:
                 if name not in planned:
                     receiver = config.receivers[name]
@@ -102,7 +119,7 @@ def plan(
                             now + timedelta(seconds=policy.tiers[0].after_s),
                         )
                     )
-    return Plan(deliveries, muted, [], group_key, policy_name, next_escalation)
+    return Plan(groups, deliveries, muted, [], group_key, policy_name, next_escalation)
 
 
 def escalation_deliveries(

@@ -95,11 +95,7 @@ class Escalator:
                 next_escalation=step.next_time,
             )
             log.info("alert escalated", extra={"alert_id": alert.alert_id, "level": step.level})
-            if self._on_escalated is not None:
-                alert.escalation_level = step.level
-                alert.ClearField("next_escalation_time")
-                if step.next_time is not None:
-                    alert.next_escalation_time.FromDatetime(step.next_time)
-                self._on_escalated(alert, now)
+            if self._on_escalated is not None:  # re-read: watchers order changes by update_time
+                self._on_escalated(await self._alerts.get_alert(alert_id, now, deliveries=False), now)
             moved += 1
         return moved

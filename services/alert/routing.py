@@ -1,8 +1,8 @@
 """The routing configuration: route tree, receivers, inhibition rules, mute intervals, escalation policies.
 
 Parsed and validated in one pass (every problem named by its path, e.g. ``route.routes[1].receiver``);
-the asyncio shell only reads files and swaps the result in. The file format is JSON — the subset of YAML
-1.2 that needs no YAML library — so a later YAML loader accepts the same files.
+the asyncio shell only reads files and swaps the result in. The file is YAML (read with the safe loader;
+JSON, being YAML too, reads as well).
 """
 
 from __future__ import annotations
@@ -344,6 +344,35 @@ class _Parser:
             self.fail(f"{where}.url", "must be an http:// or https:// URL")
         if "timeout" in settings:
             self.duration(settings, "timeout", where, 0)
+        if kind == "email":
+            self.email_settings(settings, where)
+
+    def email_settings(self, settings: Mapping[str, Any], where: str) -> None:
+        allowed = {"host", "port", "starttls", "tls", "from", "to", "username", "password_env"}
+        self.keys(settings, where, allowed | {"timeout", "verify_certs", "password"})
+        if "password" in settings:
+            self.fail(
+                f"{where}.password",
+                "never in the file: name the environment variable holding it in password_env",
+            )
+        port = settings.get("port", 25)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            self.fail(f"{where}.port", "must be a port number 1-65535")
+        for flag in ("starttls", "tls", "verify_certs"):
+            if flag in settings and not isinstance(settings[flag], bool):
+                self.fail(f"{where}.{flag}", "must be true or false")
+        if settings.get("starttls") and settings.get("tls"):
+            self.fail(f"{where}.tls", "choose one of starttls (upgrade) and tls (implicit TLS)")
+        if not settings.get("from"):
+            self.fail(f"{where}.from", "required: the sender address")
+        to = settings.get("to")
+        if to is not None and not isinstance(to, str | list):
+            self.fail(f"{where}.to", "an address or a list of addresses")
+        env = settings.get("password_env")
+        if env is not None and not (isinstance(env, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env)):
+            self.fail(f"{where}.password_env", "the name of an environment variable")
+        if env is not None and not settings.get("username"):
+            self.fail(f"{where}.username", "required with password_env")
 
     def mute_intervals(self, value: object) -> dict[str, MuteTimeInterval]:
         found: dict[str, MuteTimeInterval] = {}

@@ -1,4 +1,4 @@
-"""Sending one notification to one receiver (webhook, Slack-compatible webhook, Kafka topic).
+"""Sending one notification to one receiver (webhook, Slack-compatible webhook, email, Kafka topic).
 
 Each sender returns an ``AttemptResult`` instead of raising, so the delivery worker records every
 attempt the same way. The webhook body is signed: ``X-Itsmesh-Signature: sha256=<hex>`` is the
@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiosmtplib
 import httpx
 from google.protobuf import json_format
 
 from itsmesh.v1 import events_pb2
 from mesh.events import ALERT_NOTIFICATIONS_TOPIC, EventPublisher, PublishError
+from services.alert.mailer import MissingPassword, send_email, timeout_s
 from services.alert.routing import Receiver, parse_duration
 
 OUTCOME_SUCCESS = 1  # itsmesh.v1.DeliveryOutcome numbers
@@ -70,6 +72,8 @@ class Senders:
         settings = receiver.settings
         if receiver.type == "kafka":
             return await self._kafka(str(settings.get("topic", ALERT_NOTIFICATIONS_TOPIC)), payload)
+        if receiver.type == "email":
+            return await self._email(settings, payload)
         timeout = parse_duration(settings.get("timeout", DEFAULT_TIMEOUT_S))
         if receiver.type == "webhook":
             body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
@@ -99,6 +103,21 @@ class Senders:
         return AttemptResult(
             OUTCOME_ERROR, response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
         )
+
+    async def _email(self, settings: Mapping[str, Any], payload: Mapping[str, Any]) -> AttemptResult:
+        try:
+            await send_email(settings, payload)
+        except aiosmtplib.SMTPTimeoutError as exc:
+            return AttemptResult(
+                OUTCOME_TIMEOUT, error=f"no answer within {timeout_s(settings):g} s ({type(exc).__name__})"
+            )
+        except aiosmtplib.SMTPConnectError as exc:
+            return AttemptResult(OUTCOME_UNREACHABLE, error=f"{type(exc).__name__}: {exc}")
+        except aiosmtplib.SMTPResponseException as exc:  # the server's code and text, never our credentials
+            return AttemptResult(OUTCOME_ERROR, error=f"SMTP {exc.code}: {exc.message[:200]}")
+        except (aiosmtplib.SMTPException, MissingPassword, OSError) as exc:
+            return AttemptResult(OUTCOME_ERROR, error=f"{type(exc).__name__}: {exc}")
+        return AttemptResult(OUTCOME_SUCCESS)
 
     async def _kafka(self, topic: str, payload: Mapping[str, Any]) -> AttemptResult:
         if self.publisher is None or not self.publisher.started:

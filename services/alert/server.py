@@ -28,6 +28,7 @@ from mesh.interceptors import current_principal
 from mesh.status import StatusError, errors_as_status, raise_for_violations, status_error
 from services.alert.changes import ChangeFeed
 from services.alert.errors import AlertAlreadyResolved, AlertNotFound, SilenceExpired, SilenceNotFound
+from services.alert.group_store import GroupStore
 from services.alert.matchers import (
     LABEL_NAME,
     Matcher,
@@ -48,6 +49,7 @@ from services.alert.store import (
     SilenceInput,
     Statistics,
     StatisticsStore,
+    matchers_json,
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -74,9 +76,13 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     def __init__(self, clock: Clock = utc_now, routing: RoutingSource | None = None) -> None:
         self.store: AlertStore | None = None
         self.deliveries: DeliveryStore | None = None
+        self.groups: GroupStore | None = None
         self.notifier: Notifier | None = None
         self.statistics: StatisticsStore | None = None
         self.changes = ChangeFeed()
+        # Set by the service: share a change with the other instances; wake the suppression checker.
+        self.share_change: Callable[[alert_pb2.WatchAlertsResponse], None] = lambda change: None
+        self.suppression_may_have_ended: Callable[[], None] = lambda: None
         self.draining = asyncio.Event()  # the host's: set on SIGTERM, so watch streams end and clients move
         self.clock = clock
         self.routing = routing or RoutingSource(None)
@@ -85,6 +91,11 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
         if self.store is None:
             raise status_error(grpc.StatusCode.UNAVAILABLE, "the alert store is starting", retry_delay_s=1.0)
         return self.store
+
+    def _group_store(self) -> GroupStore:
+        if self.groups is None:
+            raise status_error(grpc.StatusCode.UNAVAILABLE, "the alert store is starting", retry_delay_s=1.0)
+        return self.groups
 
     def _delivery_store(self) -> DeliveryStore:
         if self.deliveries is None:
@@ -96,6 +107,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
         change.alert.ClearField("deliveries")
         change.change_time.FromDatetime(now)
         self.changes.publish(change)
+        self.share_change(change)
 
     async def apply_raise(self, raised: RaiseInput) -> tuple[alert_pb2.Alert, int]:
         """Store a validated raise, tell watchers, and notify receivers of a new or resolved alert."""
@@ -106,16 +118,23 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             alert_pb2.RAISE_ALERT_OUTCOME_DEDUPLICATED: alert_pb2.ALERT_CHANGE_TYPE_REPEATED,
             alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED: alert_pb2.ALERT_CHANGE_TYPE_RESOLVED,
         }
-        if outcome in change_types:
-            self._changed(change_types[outcome], alert, now)
         if outcome in (alert_pb2.RAISE_ALERT_OUTCOME_CREATED, alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED):
+            # notified first, so watchers see whether it fired inhibited or muted
             resolved = outcome == alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED
             await self._notify(alert, resolved=resolved, now=now)
+            if resolved:
+                self.suppression_may_have_ended()  # it may have inhibited others
+        if outcome in change_types:
+            self._changed(change_types[outcome], alert, now)
         return alert, outcome
 
     def escalated(self, alert: alert_pb2.Alert, now: datetime) -> None:
         """Tell watchers that ``alert`` reached its next escalation tier."""
         self._changed(alert_pb2.ALERT_CHANGE_TYPE_ESCALATED, alert, now)
+
+    def suppression_changed(self, alert: alert_pb2.Alert, now: datetime) -> None:
+        """Tell watchers that ``alert``'s inhibition or mute changed (e.g. it is notified after all)."""
+        self._changed(alert_pb2.ALERT_CHANGE_TYPE_SUPPRESSION_CHANGED, alert, now)
 
     async def _notify(self, alert: alert_pb2.Alert, *, resolved: bool, now: datetime) -> None:
         if self.notifier is not None:
@@ -178,8 +197,9 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             now = self.clock()
             alert = await self._store().resolve(alert_id, _subject(), request.comment, now)
             if alert.resolve_time.ToDatetime(tzinfo=UTC) == now:  # resolved by this call
-                self._changed(alert_pb2.ALERT_CHANGE_TYPE_RESOLVED, alert, now)
                 await self._notify(alert, resolved=True, now=now)
+                self._changed(alert_pb2.ALERT_CHANGE_TYPE_RESOLVED, alert, now)
+                self.suppression_may_have_ended()  # it may have inhibited others
             return alert
         raise AssertionError("unreachable")
 
@@ -213,6 +233,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
                             where, self.clock(), MAX_PAGE_SIZE, offset, deliveries=False
                         )
                         for alert in page:
+                            subscription.fresh(alert)  # queued changes it already contains are skipped
                             yield alert_pb2.WatchAlertsResponse(
                                 change_type=alert_pb2.ALERT_CHANGE_TYPE_SNAPSHOT, alert=alert
                             )
@@ -233,7 +254,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
                             task.cancel()
                     if getter in done:
                         change = getter.result()
-                        if watch.accepts(change.alert):
+                        if subscription.fresh(change.alert) and watch.accepts(change.alert):
                             yield change
                     elif draining in done:
                         raise status_error(
@@ -258,8 +279,8 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             limit = _page_size(request.page_size)
             digest = _digest(request, ("page_size", "page_token"))
             offset = _decode_token(request.page_token, digest)
-            groups = await self._store().list_groups(
-                request.receiver, _matchers(request.matchers), self.clock(), limit + 1, offset
+            groups = await self._group_store().list_groups(
+                request.receiver, matchers_json(_matchers(request.matchers)), self.clock(), limit + 1, offset
             )
             return alert_pb2.ListAlertGroupsResponse(
                 groups=groups[:limit],
@@ -377,7 +398,9 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             if "matchers" in changes:
                 changes["matchers"] = _matchers(silence.matchers)
             try:
-                return await self._store().update_silence(silence_id, changes, self.clock())
+                updated = await self._store().update_silence(silence_id, changes, self.clock())
+                self.suppression_may_have_ended()
+                return updated
             except ValueError as exc:
                 raise_for_violations([("silence.end_time", str(exc))])
                 raise
@@ -388,6 +411,7 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     ) -> empty_pb2.Empty:
         async with _errors(context):
             await self._store().expire_silence(_uuid(request.silence_id, "silence_id"), self.clock())
+            self.suppression_may_have_ended()
             return empty_pb2.Empty()
         raise AssertionError("unreachable")
 

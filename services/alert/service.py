@@ -1,8 +1,10 @@
 """Assembles the alert process for the service host.
 
 Resources, started in this order and closed in reverse: token verification (when auth is on), then the
-PostgreSQL pool, which attaches the store to the servicer; then the routing configuration, loaded
-from its file and re-read whenever the file's mtime changes.
+PostgreSQL pool, which attaches the stores to the servicer; then the routing configuration, loaded
+from its file and re-read whenever the file's mtime changes; then the workers: delivery, group flusher,
+escalation, suppression recheck, the Redis change bus (WatchAlerts across instances) and the camera-event
+consumer.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
 from mesh.tokens import token_auth
 from services.alert.backoff import Backoff
 from services.alert.camera_consumer import consume_camera_events
+from services.alert.change_bus import ChangeBus
 from services.alert.config import AlertSettings
-from services.alert.delivery import DeliveryWorker
+from services.alert.delivery import MAX_IN_FLIGHT, DeliveryWorker
 from services.alert.escalator import Escalator
+from services.alert.flusher import GroupFlusher
+from services.alert.group_store import GroupStore
 from services.alert.notifier import Notifier
 from services.alert.routing import RoutingConfigError
 from services.alert.routing_source import RoutingSource
 from services.alert.senders import Senders
 from services.alert.server import AlertServicer, Clock, utc_now
 from services.alert.store import AlertStore, DeliveryStore, StatisticsStore
+from services.alert.suppression import SuppressionChecker
+from services.alert.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ def build(
     """The alert service as the host runs it."""
     settings = settings or AlertSettings()
     servicer = AlertServicer(clock, RoutingSource(settings.routing_config_path))
+    due_groups, due_deliveries, recheck = Wakeup(), Wakeup(), Wakeup()
+    servicer.suppression_may_have_ended = recheck.ring
     authenticator, auth_resources = token_auth(settings)  # every RPC but health/reflection needs a token
 
     @asynccontextmanager
@@ -53,10 +62,19 @@ def build(
             servicer.store = AlertStore(pool)
             servicer.deliveries = DeliveryStore(pool)
             servicer.statistics = StatisticsStore(pool)
-            servicer.notifier = Notifier(servicer.store, servicer.deliveries, servicer.routing)
+            servicer.groups = GroupStore(pool)
+            servicer.notifier = Notifier(
+                servicer.store,
+                servicer.deliveries,
+                servicer.groups,
+                servicer.routing,
+                wake_groups=due_groups.ring,
+                wake_deliveries=due_deliveries.ring,
+            )
             yield pool
         finally:
             servicer.store = servicer.deliveries = servicer.notifier = servicer.statistics = None
+            servicer.groups = None
             await pool.close()
 
     @asynccontextmanager
@@ -84,21 +102,33 @@ def build(
             max_s=settings.delivery_backoff_max_s,
             max_attempts=settings.delivery_max_attempts,
         )
-        async with httpx.AsyncClient() as http:
+        # as many connections as sends in flight: a burst must not time out waiting for the pool
+        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits) as http:
             worker = DeliveryWorker(
                 servicer.deliveries, servicer.routing, Senders(http, publisher), backoff, clock
             )
             # The broker may come up after us: connect in the background; until then a Kafka receiver's
             # attempts fail as UNREACHABLE and are retried with backoff like any other receiver.
             assert servicer.store is not None
+            assert servicer.groups is not None
+            assert servicer.notifier is not None
             escalator = Escalator(
                 servicer.store, servicer.deliveries, servicer.routing, clock, servicer.escalated
             )
+            flusher = GroupFlusher(servicer.groups, clock, due_deliveries.ring)
+            checker = SuppressionChecker(servicer.notifier, clock, servicer.suppression_changed)
             tasks = [
                 asyncio.create_task(_connect(publisher)),
-                asyncio.create_task(worker.run(settings.delivery_poll_interval_s)),
+                asyncio.create_task(worker.run(settings.delivery_poll_interval_s, due_deliveries)),
+                asyncio.create_task(flusher.run(settings.delivery_poll_interval_s, due_groups)),
                 asyncio.create_task(escalator.run(settings.escalation_poll_interval_s)),
+                asyncio.create_task(checker.run(settings.suppression_recheck_interval_s, recheck)),
             ]
+            if settings.share_changes_via_redis:
+                bus = ChangeBus(settings.redis_url, servicer.changes)
+                servicer.share_change = bus.share
+                tasks.append(asyncio.create_task(bus.run()))
             if settings.consume_camera_events:
                 consumer = consume_camera_events(
                     settings.kafka_bootstrap_servers, servicer.apply_raise, clock
@@ -112,6 +142,7 @@ def build(
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                servicer.share_change = lambda change: None
                 await publisher.stop()
 
     resources: tuple[Resource, ...] = (*auth_resources, database, routing, delivery)

@@ -24,6 +24,11 @@ _ACKNOWLEDGED = common_pb2.ALERT_STATUS_ACKNOWLEDGED
 # The labels matchers see: the alert's labels plus its typed severity as the label `severity`.
 _MATCH_LABELS = "(a.labels || jsonb_build_object('severity', alert.severity_name(a.severity)))"
 _ACTIVE_SILENCE = "s.start_time <= {now} AND s.end_time > {now}"
+# The deliveries of one alert ({arg} = its id): its own and the grouped notifications that carried it.
+_OF_ALERT = (
+    "(d.alert_id = {arg} OR d.delivery_id IN"
+    " (SELECT da.delivery_id FROM alert.delivery_alerts da WHERE da.alert_id = {arg}))"
+)
 
 
 def _alert_columns(now: str) -> str:
@@ -34,6 +39,19 @@ def _alert_columns(now: str) -> str:
         f"SELECT s.silence_id::text FROM alert.silences s WHERE {active}"
         f" AND alert.labels_match(s.matchers, {_MATCH_LABELS}) ORDER BY s.silence_id) END AS silenced_by"
     )
+
+
+MATCH_LABELS = _MATCH_LABELS
+
+
+def alert_columns(now: str) -> str:
+    """The select list of an alert row (alias ``a``) with its silences at ``now`` (a SQL parameter)."""
+    return _alert_columns(now)
+
+
+def alert_from_row(row: asyncpg.Record) -> alert_pb2.Alert:
+    """The Alert message of a row selected with ``alert_columns``."""
+    return _alert(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +99,8 @@ class _Replayed(Exception):
     """Another request with the same client_alert_id committed first; roll back and replay."""
 
 
-def _matchers_json(matchers: Sequence[Matcher]) -> str:
+def matchers_json(matchers: Sequence[Matcher]) -> str:
+    """Matchers as the JSON array ``alert.labels_match`` reads."""
     return json.dumps([m.as_json() for m in matchers])
 
 
@@ -310,11 +329,12 @@ class AlertStore:
 
     async def get_alert(self, alert_id: uuid.UUID, now: datetime, *, deliveries: bool) -> alert_pb2.Alert:
         """One alert, with its delivery history (newest first) when ``deliveries``."""
-        async with self._pool.acquire() as conn:
+        # one snapshot: deliveries and their attempts are read by two queries while the worker writes
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             alert = await self._get(conn, alert_id, now)
             if deliveries:
                 alert.deliveries.extend(
-                    await AlertStore._deliveries(conn, "d.alert_id = $1", [alert_id], 1000, 0)
+                    await AlertStore._deliveries(conn, _OF_ALERT.format(arg="$1"), [alert_id], 1000, 0)
                 )
             return alert
 
@@ -336,7 +356,7 @@ class AlertStore:
             conditions.append(f"a.severity >= {arg(where.min_severity)}")
         if where.matchers:
             conditions.append(
-                f"alert.labels_match({arg(_matchers_json(where.matchers))}::jsonb, {_MATCH_LABELS})"
+                f"alert.labels_match({arg(matchers_json(where.matchers))}::jsonb, {_MATCH_LABELS})"
             )
         if where.start_time is not None:
             conditions.append(f"a.last_seen_time >= {arg(where.start_time)}")
@@ -363,7 +383,7 @@ class AlertStore:
                 for alert in alerts:
                     alert_id = uuid.UUID(alert.alert_id)
                     alert.deliveries.extend(
-                        await self._deliveries(conn, "d.alert_id = $1", [alert_id], 1000, 0)
+                        await self._deliveries(conn, _OF_ALERT.format(arg="$1"), [alert_id], 1000, 0)
                     )
             return alerts, total
 
@@ -414,56 +434,30 @@ class AlertStore:
         )
         return [(_alert(row), row["escalation_policy"]) for row in rows]
 
-    async def list_groups(
-        self, receiver: str, matchers: Sequence[Matcher], now: datetime, limit: int, offset: int
-    ) -> list[alert_pb2.AlertGroup]:
-        """Groups (group key + receiver) that notified or will notify open alerts, with those alerts."""
-        rows = await self._pool.fetch(
-            "SELECT d.group_key, d.receiver,"  # noqa: S608  # fixed SQL fragments; values are $n parameters
-            " (array_agg(d.payload -> 'group_labels'))[1] AS group_labels,"
-            " max(d.finish_time) FILTER (WHERE d.state = 3) AS last_notify,"
-            " min(d.next_attempt_time) FILTER (WHERE d.state IN (1, 2)) AS next_notify,"
-            " array_agg(DISTINCT d.alert_id) AS alert_ids"
-            " FROM alert.deliveries d JOIN alert.alerts a USING (alert_id)"
-            " WHERE a.status <> 3 AND d.notification_type <> 3 AND ($1 = '' OR d.receiver = $1)"
-            " GROUP BY d.group_key, d.receiver"
-            f" HAVING bool_or(alert.labels_match($2::jsonb, {_MATCH_LABELS}))"
-            " ORDER BY d.group_key, d.receiver LIMIT $3 OFFSET $4",
-            receiver,
-            _matchers_json(matchers),
-            limit,
-            offset,
-        )
-        groups: list[alert_pb2.AlertGroup] = []
-        async with self._pool.acquire() as conn:
-            for row in rows:
-                group = alert_pb2.AlertGroup(
-                    group_key=row["group_key"],
-                    receiver=row["receiver"],
-                    group_labels=json.loads(row["group_labels"] or "{}"),
-                )
-                alerts = await conn.fetch(
-                    f"SELECT {_alert_columns('$2')} FROM alert.alerts a"  # noqa: S608  # fixed SQL fragments; values are $n parameters
-                    " WHERE a.alert_id = ANY($1::uuid[]) ORDER BY a.last_seen_time DESC",
-                    row["alert_ids"],
-                    now,
-                )
-                group.alerts.extend(_alert(a) for a in alerts)
-                if row["last_notify"] is not None:
-                    group.last_notify_time.FromDatetime(row["last_notify"])
-                if row["next_notify"] is not None:
-                    group.next_notify_time.FromDatetime(row["next_notify"])
-                groups.append(group)
-        return groups
-
-    async def set_suppression(self, alert_id: uuid.UUID, inhibited_by: Sequence[str], muted: bool) -> None:
-        """Record that the alert fired inhibited (by these fingerprints) or muted."""
-        await self._pool.execute(
-            "UPDATE alert.alerts SET inhibited_by = $2, muted = $3 WHERE alert_id = $1",
+    async def set_suppression(
+        self, alert_id: uuid.UUID, inhibited_by: Sequence[str], muted: bool, *, pending: bool
+    ) -> datetime | None:
+        """Record that the alert is inhibited (by these fingerprints) or muted, and whether a notification
+        is still owed once that ends (``pending``); the alert's new update time."""
+        updated: datetime | None = await self._pool.fetchval(
+            "UPDATE alert.alerts SET inhibited_by = $2, muted = $3, notify_pending = $4 WHERE alert_id = $1"
+            " RETURNING updated_at",
             alert_id,
             list(inhibited_by),
             muted,
+            pending,
         )
+        return updated
+
+    async def pending_notification(self, now: datetime, limit: int) -> list[alert_pb2.Alert]:
+        """Firing alerts held back by a silence, an inhibition or a mute interval, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_alert_columns('$1')} FROM alert.alerts a WHERE a.notify_pending AND a.status = 1"  # noqa: S608  # fixed SQL fragments; values are $n parameters
+            " ORDER BY a.first_seen_time LIMIT $2",
+            now,
+            limit,
+        )
+        return [_alert(row) for row in rows]
 
     async def firing_labels(self) -> list[tuple[str, dict[str, str]]]:
         """(fingerprint, matcher labels) of every open alert, for inhibition."""
@@ -484,7 +478,7 @@ class AlertStore:
                 "INSERT INTO alert.silences (silence_id, matchers, start_time, end_time, created_by, comment,"
                 " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
                 silence_id,
-                _matchers_json(silence.matchers),
+                matchers_json(silence.matchers),
                 silence.start_time,
                 silence.end_time,
                 created_by,
@@ -548,7 +542,7 @@ class AlertStore:
                 "UPDATE alert.silences SET matchers = coalesce($2::jsonb, matchers), start_time = $3,"
                 " end_time = $4, comment = coalesce($5, comment), updated_at = $6 WHERE silence_id = $1",
                 silence_id,
-                None if matchers is None else _matchers_json(matchers),
+                None if matchers is None else matchers_json(matchers),
                 start,
                 end,
                 changes.get("comment"),
@@ -681,18 +675,23 @@ class DeliveryStore:
                 )
         return ids
 
-    async def claim_due(self, now: datetime, limit: int, lease_s: float) -> list[DueDelivery]:
-        """Deliveries due at ``now``, leased for ``lease_s`` so another instance does not take them too."""
+    async def claim_due(
+        self, now: datetime, limit: int, lease_s: float, exclude: Sequence[uuid.UUID] = ()
+    ) -> list[DueDelivery]:
+        """Deliveries due at ``now``, leased for ``lease_s`` so another instance does not take them too;
+        ``exclude`` = the ones this instance is still sending (never sent twice at once, even if slow)."""
         rows = await self._pool.fetch(
             "UPDATE alert.deliveries d SET next_attempt_time = $1 + make_interval(secs => $3)"
             " WHERE d.delivery_id IN (SELECT delivery_id FROM alert.deliveries WHERE state IN (1, 2)"
-            " AND next_attempt_time <= $1 ORDER BY next_attempt_time LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " AND next_attempt_time <= $1 AND delivery_id <> ALL($4::uuid[])"
+            " ORDER BY next_attempt_time LIMIT $2 FOR UPDATE SKIP LOCKED)"
             " RETURNING d.delivery_id, d.receiver, d.payload,"
             " (SELECT count(*) FROM alert.delivery_attempts a WHERE a.delivery_id = d.delivery_id)"
             " AS attempts",
             now,
             limit,
             lease_s,
+            list(exclude),
         )
         return [
             DueDelivery(r["delivery_id"], r["receiver"], json.loads(r["payload"]), r["attempts"])
@@ -711,28 +710,23 @@ class DeliveryStore:
         state: int,
         next_attempt_time: datetime | None,
     ) -> None:
-        """Store one attempt and the delivery's new state (finish_time set when it is final)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO alert.delivery_attempts (delivery_id, attempt_number, attempt_time, outcome,"
-                " latency_ms, http_status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                delivery_id,
-                attempt_number,
-                attempt_time,
-                outcome,
-                latency_ms,
-                http_status_code,
-                error,
-            )
-            await conn.execute(
-                "UPDATE alert.deliveries SET state = $2::smallint, next_attempt_time = $3,"
-                " finish_time = CASE WHEN $2::smallint IN (3, 4, 5) THEN $4::timestamptz END"
-                " WHERE delivery_id = $1",
-                delivery_id,
-                state,
-                next_attempt_time,
-                attempt_time,
-            )
+        """Store one attempt and the delivery's new state (finish_time set when final), in one statement."""
+        await self._pool.execute(
+            "WITH attempt AS (INSERT INTO alert.delivery_attempts (delivery_id, attempt_number, attempt_time,"
+            " outcome, latency_ms, http_status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7))"
+            " UPDATE alert.deliveries SET state = $8::smallint, next_attempt_time = $9,"
+            " finish_time = CASE WHEN $8::smallint IN (3, 4, 5) THEN $3::timestamptz END"
+            " WHERE delivery_id = $1",
+            delivery_id,
+            attempt_number,
+            attempt_time,
+            outcome,
+            latency_ms,
+            http_status_code,
+            error,
+            state,
+            next_attempt_time,
+        )
 
     def _where(self, where: DeliveryFilter, args: list[Any], time_column: str) -> str:
         conditions = ["true"]
@@ -742,7 +736,7 @@ class DeliveryStore:
             return f"${len(args)}"
 
         if where.alert_id is not None:
-            conditions.append(f"d.alert_id = {arg(where.alert_id)}")
+            conditions.append(_OF_ALERT.format(arg=arg(where.alert_id)))
         if where.receiver:
             conditions.append(f"d.receiver = {arg(where.receiver)}")
         if where.states:
@@ -759,7 +753,7 @@ class DeliveryStore:
         """Deliveries matching ``where``, newest first, with their attempts."""
         args: list[Any] = []
         sql = self._where(where, args, "d.created_at")
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             return await AlertStore._deliveries(conn, sql, args, limit, offset)
 
     async def retry_failed(self, where: DeliveryFilter, now: datetime, *, validate_only: bool) -> list[str]:
@@ -811,7 +805,7 @@ class StatisticsStore:
         """Figures for alerts first seen in [start, end) whose labels match ``matchers``."""
         match = f"alert.labels_match($3::jsonb, {_MATCH_LABELS})"
         in_range = f"a.first_seen_time >= $1 AND a.first_seen_time < $2 AND {match}"
-        args = (start, end, _matchers_json(matchers))
+        args = (start, end, matchers_json(matchers))
         async with self._pool.acquire() as conn:
             totals = await conn.fetchrow(
                 "SELECT count(*) AS total,"  # noqa: S608  # fixed SQL fragments; values are $n parameters

@@ -38,9 +38,15 @@ FAST = {
 
 
 def _routing(receivers: list[dict], routes: list[dict], root: str) -> str:
-    return json.dumps(
-        {"receivers": receivers, "route": {"receiver": root, "group_wait": 0, "routes": routes}}
-    )
+    # Grouped by camera: every test raises about its own cameras, so its groups are its own.
+    route = {
+        "receiver": root,
+        "group_wait": 0,
+        "group_interval": "1m",
+        "group_by": ["camera_id"],
+        "routes": routes,
+    }
+    return json.dumps({"receivers": receivers, "route": route})
 
 
 async def _until(predicate, timeout=10.0):
@@ -105,9 +111,12 @@ async def test_a_webhook_gets_a_signed_json_notification_and_the_attempt_is_reco
         await stub.RaiseAlert(raise_request(camera))
         await asyncio.sleep(0.2)
         assert len(hook.received) == 1
-        # resolving notifies the resolution
+        # resolving notifies the resolution, in the group's next batch (group_interval after the first)
         clock.advance(1)
         await stub.ResolveAlert(alert_pb2.ResolveAlertRequest(alert_id=raised.alert.alert_id))
+        await asyncio.sleep(0.2)
+        assert len(hook.received) == 1
+        clock.advance(59)
         found = await _settled(stub, raised.alert.alert_id, count=2)
         assert found[0].notification_type == common_pb2.NOTIFICATION_TYPE_RESOLVED
         assert hook.received[-1].json()["notification_type"] == "resolved"
@@ -285,26 +294,47 @@ async def test_pending_deliveries_survive_a_restart_of_the_service(infra, tmp_pa
     async with webhook_receiver() as hook:
         config = {
             "receivers": [{"name": "ops", "webhook": {"url": hook.url()}}],
-            "route": {"receiver": "ops", "group_wait": "30s"},
+            "route": {"receiver": "ops", "group_wait": "30s", "group_by": ["camera_id"]},
         }
         routing.write_text(json.dumps(config))
         async with (
             alert_host(infra, clock, routing_config_path=routing, **FAST) as host,
             alert_stub(host) as stub,
         ):
-            alert_id = (await stub.RaiseAlert(raise_request(new_camera()))).alert.alert_id
-            [pending] = await _deliveries(stub, alert_id)
-            assert pending.state == alert_pb2.DELIVERY_STATE_PENDING
-        assert hook.received == []  # stopped before group_wait ended
+            camera = new_camera()
+            alert_id = (await stub.RaiseAlert(raise_request(camera))).alert.alert_id
+            [group] = (
+                await stub.ListAlertGroups(
+                    alert_pb2.ListAlertGroupsRequest(matchers=[camera_matcher(camera)])
+                )
+            ).groups
+            assert group.next_notify_time.ToDatetime(tzinfo=clock.now.tzinfo) == clock.now + timedelta(
+                seconds=30
+            )
+            assert await _deliveries(stub, alert_id) == []
+        assert hook.received == []  # stopped before group_wait ended: the group is pending in PostgreSQL
+        hook.script.append(500)
         async with (
             alert_host(infra, clock, routing_config_path=routing, **FAST) as host,
             alert_stub(host) as stub,
         ):
             clock.advance(30)
+
+            async def retrying():
+                found = await _deliveries(stub, alert_id)
+                return found[0] if found and found[0].state == alert_pb2.DELIVERY_STATE_RETRYING else None
+
+            pending = await _until(retrying)  # the group notified after the restart; its receiver failed
+        async with (
+            alert_host(infra, clock, routing_config_path=routing, **FAST) as host,
+            alert_stub(host) as stub,
+        ):
+            clock.advance(FAST["delivery_backoff_base_s"])  # the retry that was due when it stopped
             [delivered] = await _settled(stub, alert_id)
             assert delivered.delivery_id == pending.delivery_id
             assert delivered.state == alert_pb2.DELIVERY_STATE_SUCCEEDED
-            assert len(hook.received) == 1
+            assert len(delivered.attempts) == 2
+            assert len(hook.received) == 2
 
 
 async def test_alert_groups_list_open_alerts_by_group_and_receiver(infra):
@@ -319,8 +349,7 @@ async def test_alert_groups_list_open_alerts_by_group_and_receiver(infra):
         camera = new_camera()
         a = (await stub.RaiseAlert(raise_request(camera, kind="camera_offline"))).alert
         b = (await stub.RaiseAlert(raise_request(camera, kind="camera_quality_degraded"))).alert
-        await _settled(stub, a.alert_id)
-        await _settled(stub, b.alert_id)
+        await _settled(stub, a.alert_id)  # b joined after the first notification: it waits for group_interval
         listed = await stub.ListAlertGroups(alert_pb2.ListAlertGroupsRequest(receiver=receiver))
         [group] = listed.groups
         assert dict(group.group_labels) == {"camera_id": camera}
@@ -340,6 +369,7 @@ async def test_an_offline_camera_inhibits_its_quality_alert_and_a_mute_interval_
             "route": {
                 "receiver": "ops",
                 "group_wait": 0,
+                "group_by": ["camera_id"],
                 "routes": [{"matchers": ['kind="speeding"'], "mute_time_intervals": ["always"]}],
             },
             "inhibit_rules": [

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import timedelta
 
 import pytest
 
 from itsmesh.v1 import alert_pb2, common_pb2
-from tests.integration.alert_host import MovableClock, alert_host, alert_stub, new_camera, raise_request
+from tests.integration.alert_host import (
+    MovableClock,
+    alert_host,
+    alert_stub,
+    new_camera,
+    raise_request,
+    scoped_routing,
+)
 from tests.integration.alert_receiver import webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -37,28 +43,36 @@ async def test_an_unacknowledged_alert_climbs_the_tiers_and_an_acknowledged_one_
         alert_host(infra, clock, **FAST) as host,
         alert_stub(host) as stub,
     ):
-        config = {
-            "receivers": [
-                {"name": "ops", "webhook": {"url": ops.url()}},
-                {"name": "lead", "webhook": {"url": lead.url()}},
-                {"name": "oncall", "webhook": {"url": oncall.url()}},
-            ],
-            "escalation_policies": [
-                {
-                    "name": "cameras",
-                    "tiers": [
-                        {"after": "0s", "receivers": ["ops"]},
-                        {"after": "10m", "receivers": ["lead"]},
-                        {"after": "20m", "receivers": ["oncall"]},
-                    ],
-                }
-            ],
-            "route": {"receiver": "ops", "group_wait": 0, "escalation_policy": "cameras"},
+        receivers = [
+            {"name": "ops", "webhook": {"url": ops.url()}},
+            {"name": "lead", "webhook": {"url": lead.url()}},
+            {"name": "oncall", "webhook": {"url": oncall.url()}},
+        ]
+        policies = [
+            {
+                "name": "cameras",
+                "tiers": [
+                    {"after": "0s", "receivers": ["ops"]},
+                    {"after": "10m", "receivers": ["lead"]},
+                    {"after": "20m", "receivers": ["oncall"]},
+                ],
+            }
+        ]
+        route = {
+            "receiver": "ops",
+            "group_wait": 0,
+            "group_by": ["camera_id"],
+            "escalation_policy": "cameras",
         }
-        await stub.ReloadRoutingConfig(alert_pb2.ReloadRoutingConfigRequest(yaml=json.dumps(config)))
+        ignored_camera, handled_camera = new_camera(), new_camera()
+        # scoped: alerts other tests left open must not climb these tiers when the clock jumps
+        config = scoped_routing(
+            receivers, route, ignored_camera, handled_camera, escalation_policies=policies
+        )
+        await stub.ReloadRoutingConfig(alert_pb2.ReloadRoutingConfigRequest(yaml=config))
         fired_at = clock.now
-        ignored = (await stub.RaiseAlert(raise_request(new_camera()))).alert
-        handled = (await stub.RaiseAlert(raise_request(new_camera()))).alert
+        ignored = (await stub.RaiseAlert(raise_request(ignored_camera))).alert
+        handled = (await stub.RaiseAlert(raise_request(handled_camera))).alert
         await _until(lambda: _count(ops, 2))
         state = await stub.GetAlert(alert_pb2.GetAlertRequest(alert_id=ignored.alert_id))
         assert state.escalation_level == 0

@@ -29,7 +29,7 @@ async def test_statistics_count_alerts_repeats_and_deliveries_in_the_range(infra
     ):
         config = {
             "receivers": [{"name": "ops", "webhook": {"url": hook.url()}}],
-            "route": {"receiver": "ops", "group_wait": 0},
+            "route": {"receiver": "ops", "group_wait": 0, "group_interval": "1m", "group_by": ["camera_id"]},
         }
         await stub.ReloadRoutingConfig(alert_pb2.ReloadRoutingConfigRequest(yaml=json.dumps(config)))
         start = clock.now
@@ -39,6 +39,11 @@ async def test_statistics_count_alerts_repeats_and_deliveries_in_the_range(infra
             await stub.RaiseAlert(raise_request(camera, kind=kind, severity=common_pb2.SEVERITY_LOW))
         ).alert
         await stub.RaiseAlert(raise_request(camera, kind=kind, severity=common_pb2.SEVERITY_LOW))  # a repeat
+        for alert_id in (first.alert_id, second.alert_id):  # notified before the clock moves on
+            deadline = asyncio.get_running_loop().time() + 10
+            while not (await stub.GetAlert(alert_pb2.GetAlertRequest(alert_id=alert_id))).deliveries:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
         clock.advance(60)
         await stub.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id=first.alert_id))
         clock.advance(60)

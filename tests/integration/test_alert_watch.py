@@ -98,3 +98,50 @@ async def test_a_draining_instance_ends_watch_streams_with_unavailable(infra):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await asyncio.wait_for(stream.__anext__(), 2)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_watcher_on_one_instance_sees_changes_made_through_another_once_and_in_order(infra):
+    clock = MovableClock()
+    async with (
+        alert_host(infra, clock) as host_a,
+        alert_host(infra, clock) as host_b,
+        alert_stub(host_a) as stub_a,
+        alert_stub(host_b) as stub_b,
+    ):
+        camera = new_camera()
+        call = stub_a.WatchAlerts(
+            alert_pb2.WatchAlertsRequest(matchers=[camera_matcher(camera)], send_initial_snapshot=True)
+        )
+        stream = call.__aiter__()
+
+        async def next_change():
+            return await asyncio.wait_for(stream.__anext__(), 5)
+
+        assert (await next_change()).change_type == alert_pb2.ALERT_CHANGE_TYPE_SNAPSHOT_END
+        await asyncio.sleep(0.3)  # both instances are subscribed to the change bus
+
+        # Each step waits for the watcher before acting through the other instance: a change that
+        # overtook an older one of the same alert would make the older one be dropped as stale.
+        seen = []
+        created = (await stub_b.RaiseAlert(raise_request(camera))).alert  # through B
+        await stub_b.RaiseAlert(raise_request(camera))
+        seen += [await next_change(), await next_change()]
+        await stub_a.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id=created.alert_id))  # A
+        seen.append(await next_change())
+        await stub_b.ResolveAlert(alert_pb2.ResolveAlertRequest(alert_id=created.alert_id))  # B
+        seen.append(await next_change())
+        other = (await stub_a.RaiseAlert(raise_request(camera, kind="camera_quality_degraded"))).alert
+        seen.append(await next_change())
+        assert [(c.change_type, c.alert.alert_id) for c in seen] == [
+            (alert_pb2.ALERT_CHANGE_TYPE_CREATED, created.alert_id),
+            (alert_pb2.ALERT_CHANGE_TYPE_REPEATED, created.alert_id),
+            (alert_pb2.ALERT_CHANGE_TYPE_ACKNOWLEDGED, created.alert_id),
+            (alert_pb2.ALERT_CHANGE_TYPE_RESOLVED, created.alert_id),
+            (alert_pb2.ALERT_CHANGE_TYPE_CREATED, other.alert_id),
+        ]
+        assert [c.alert.occurrence_count for c in seen[:2]] == [1, 2]
+        assert seen[3].alert.status == common_pb2.ALERT_STATUS_RESOLVED
+        # no duplicate follows (A's own changes reach it locally and again over Redis)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stream.__anext__(), 0.5)
+        call.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from services.alert.dispatch import NOTIFY_FIRING, NOTIFY_RESOLVED, plan
+from services.alert.dispatch import NOTIFY_FIRING, plan
 from services.alert.inhibition import FiringAlert
 from services.alert.routing import parse
 
@@ -50,38 +50,35 @@ def _alert(kind: str) -> dict:
     return {"fingerprint": f"fp-{kind}", "labels": {"kind": kind, "camera_id": "c1"}}
 
 
-def test_firing_waits_group_wait_and_tier_zero_of_the_policy_joins_in():
-    decided = plan(CONFIG, _alert("camera_offline"), silenced=False, firing=[], resolved=False, now=NOW)
-    assert [(d.receiver, d.due) for d in decided.deliveries] == [
-        ("bus", NOW + timedelta(seconds=30)),
-        ("ops", NOW + timedelta(seconds=30)),
-        ("lead", NOW),
+def test_firing_joins_each_matched_route_group_and_tier_zero_of_the_policy_is_direct():
+    decided = plan(CONFIG, _alert("camera_offline"), silenced=False, firing=[], now=NOW)
+    assert [(g.receiver, g.timing.group_wait_s) for g in decided.groups] == [("bus", 30.0), ("ops", 30.0)]
+    assert decided.groups[0].group_key != decided.groups[1].group_key  # one group per route
+    assert [(d.receiver, d.due, d.notification_type) for d in decided.deliveries] == [
+        ("lead", NOW, NOTIFY_FIRING)
     ]
-    assert all(d.notification_type == NOTIFY_FIRING for d in decided.deliveries)
     assert (decided.escalation_policy, decided.next_escalation) == ("p", NOW + timedelta(minutes=10))
+    assert not decided.suppressed
 
 
-def test_resolution_goes_out_at_once_without_escalation():
-    decided = plan(CONFIG, _alert("camera_offline"), silenced=False, firing=[], resolved=True, now=NOW)
-    assert {d.due for d in decided.deliveries} == {NOW}
-    assert {d.notification_type for d in decided.deliveries} == {NOTIFY_RESOLVED}
-    assert decided.escalation_policy == ""
+def test_without_escalation_only_the_groups_are_planned():
+    decided = plan(CONFIG, _alert("camera_offline"), silenced=False, firing=[], now=NOW, escalate=False)
+    assert [g.receiver for g in decided.groups] == ["bus", "ops"]
+    assert (decided.deliveries, decided.escalation_policy) == ([], "")
 
 
-def test_silenced_inhibited_and_muted_alerts_notify_nobody():
-    assert (
-        plan(CONFIG, _alert("wrong_way"), silenced=True, firing=[], resolved=False, now=NOW).deliveries == []
-    )
+def test_silenced_inhibited_and_muted_alerts_join_no_group_and_are_marked_suppressed():
+    silenced = plan(CONFIG, _alert("wrong_way"), silenced=True, firing=[], now=NOW)
+    assert (silenced.groups, silenced.deliveries, silenced.suppressed) == ([], [], True)
     source = FiringAlert("fp-off", {"kind": "camera_offline", "camera_id": "c1"})
-    inhibited = plan(CONFIG, _alert("x"), silenced=False, firing=[source], resolved=False, now=NOW)
-    assert (inhibited.deliveries, inhibited.inhibited_by) == ([], ["fp-off"])
-    muted = plan(CONFIG, _alert("speeding"), silenced=False, firing=[], resolved=False, now=NOW)
-    assert (muted.deliveries, muted.muted) == ([], True)
-    monday = plan(
-        CONFIG, _alert("speeding"), silenced=False, firing=[], resolved=False, now=NOW + timedelta(days=1)
-    )
-    assert [d.receiver for d in monday.deliveries] == ["ops"]
+    inhibited = plan(CONFIG, _alert("x"), silenced=False, firing=[source], now=NOW)
+    assert (inhibited.groups, inhibited.inhibited_by, inhibited.suppressed) == ([], ["fp-off"], True)
+    muted = plan(CONFIG, _alert("speeding"), silenced=False, firing=[], now=NOW)
+    assert (muted.groups, muted.muted, muted.suppressed) == ([], True, True)
+    monday = plan(CONFIG, _alert("speeding"), silenced=False, firing=[], now=NOW + timedelta(days=1))
+    assert [g.receiver for g in monday.groups] == ["ops"]
+    assert not monday.suppressed
 
 
 def test_without_a_configuration_nothing_is_planned():
-    assert plan(None, _alert("x"), silenced=False, firing=[], resolved=False, now=NOW).deliveries == []
+    assert plan(None, _alert("x"), silenced=False, firing=[], now=NOW).groups == []
