@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import signal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 from rich.console import Console
@@ -338,30 +339,80 @@ def status(
         float, typer.Option(help="Seconds over which recent rps and error rate are measured.")
     ] = 1.0,
 ) -> None:
-    """Every registered instance: health (grpc.health.v1), breaker states its clients report, rps, error rate.
+    """The console's status vector as tables: infrastructure and every instance, then each instance's
+    breaker states (as its clients report them), rps and error rate.
 
-    Reads discovery from REDIS_URL; exits 1 when an instance is not SERVING or nothing is registered.
+    Reads DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS; exits 1 when a component is down, an
+    instance is not SERVING, or nothing is registered.
     """
     from mesh.inventory import collect_inventory
     from mesh.registry import RegistryUnavailableError, open_redis
     from mesh.settings import InfraSettings
+    from services.console.aggregator import StatusAggregator
 
-    async def main() -> list[InstanceReport]:
-        redis = open_redis(InfraSettings().redis_url)
+    settings = InfraSettings()
+    # An unreachable broker is a row of the table; the client library's own error logs would only repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def main() -> tuple[dict[str, Any], list[InstanceReport]]:
+        aggregator = StatusAggregator(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        )
         try:
-            return await collect_inventory(redis, window_s=window)
+            vector = await aggregator.tick("itsmesh status")
+        finally:
+            await aggregator.__aexit__(None, None, None)
+        redis = open_redis(settings.redis_url)
+        try:
+            return vector.body, await collect_inventory(redis, window_s=window)
         finally:
             await redis.aclose()
 
     try:
-        reports = asyncio.run(main())
+        body, reports = asyncio.run(main())
     except RegistryUnavailableError as exc:
         fail(f"status: discovery (Redis) is unreachable — {exc}")
+    out.print(_vector_table(body))
     if not reports:
         fail("status: no instance is registered — is `itsmesh up` running, and REDIS_URL the same?")
     out.print(_inventory_table(reports))
-    if not all(r.health.serving for r in reports):
+    down = [c["name"] for c in body["components"] if c["status"] == "down"]
+    if down or not all(r.health.serving for r in reports):
         raise typer.Exit(code=1)
+
+
+_STATUS_STYLE: Final = {"healthy": "green", "degraded": "yellow", "down": "bold red", "unknown": "dim"}
+
+
+def _vector_table(body: dict[str, Any]) -> Table:
+    traffic = body.get("traffic", {})
+    rps, errors = traffic.get("rps"), traffic.get("error_rate")
+    title = (
+        f"itsmesh status — traffic {traffic.get('mode', '?')}, "
+        f"{'-' if rps is None else f'{rps:.1f}'} rps, "
+        f"{'-' if errors is None else f'{errors:.1%}'} errors"
+    )
+    table = Table(title=title)
+    for column in ("component", "type", "status", "latency", "details"):
+        table.add_column(column, overflow="fold")
+    for component in body["components"]:
+        latency = component.get("latency_ms")
+        details = component.get("error") or ", ".join(
+            f"{k}={v}"
+            for k, v in list(component.get("details", {}).items())[:4]
+            if not isinstance(v, dict | list)
+        )
+        style = _STATUS_STYLE.get(component["status"], "")
+        table.add_row(
+            component["name"],
+            component["type"],
+            f"[{style}]{component['status']}[/]",
+            "-" if latency is None else f"{latency:.1f} ms",
+            details,
+        )
+    return table
 
 
 def _inventory_table(reports: list[InstanceReport]) -> Table:

@@ -129,12 +129,21 @@ def test_up_serves_everything_restarts_a_killed_service_and_ctrl_c_leaves_nothin
     for name in ("streaming", "analytics", "alert", "auth", "console"):
         assert any(name in line and "SERVING" in line for line in up.lines), name
 
-    # `itsmesh status` lists every registered instance from discovery, all SERVING
-    env = {**up.env, "REDIS_URL": f"redis://127.0.0.1:{up.env['ITSMESH_REDIS_PORT']}/0"}
+    # `itsmesh status` shows the infrastructure and every registered instance from discovery, all SERVING
+    env = {
+        **up.env,
+        "REDIS_URL": f"redis://127.0.0.1:{up.env['ITSMESH_REDIS_PORT']}/0",
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{up.env['ITSMESH_PG_PORT']}/itsmesh",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{up.env['ITSMESH_KAFKA_PORT']}",
+    }
     status = subprocess.run(
         _itsmesh("status"), env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("postgresql", "redis", "kafka"):
+        assert any(line.count(name) and "healthy" in line for line in status.stdout.splitlines()), (
+            status.stdout
+        )
     for name in ("streaming", "analytics", "alert", "auth"):
         assert any(line.count(name) and "SERVING" in line for line in status.stdout.splitlines()), (
             status.stdout
