@@ -4,7 +4,8 @@ Entries were written in the transaction that stored their violation or anomaly. 
 due entries (so several instances never send the same one at once), raises them in order and marks the
 delivered ones sent. The violation/anomaly id is the ``client_alert_id``, so a resend after a lost reply
 is a no-op at the alert service. While the alert service is unreachable entries wait with backoff: an
-outage delays alerts and loses none.
+outage delays alerts and loses none. Each alert is raised in the trace of the Kafka record that produced
+its entry (the stored ``traceparent``), however late it is delivered.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Final
 
 import asyncpg
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 
 from itsmesh.v1 import alert_pb2
 
@@ -46,7 +49,7 @@ WHERE outbox_id IN (
     WHERE sent_at IS NULL AND next_attempt_at <= now()
     ORDER BY outbox_id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
-RETURNING outbox_id, source_kind, source_id, request, attempts
+RETURNING outbox_id, source_kind, source_id, request, attempts, traceparent
 """
 
 
@@ -103,7 +106,7 @@ class OutboxRelay:
         for index, row in enumerate(ordered):
             request = alert_pb2.RaiseAlertRequest.FromString(row["request"])
             try:
-                await self._stub.RaiseAlert(request, timeout=RAISE_TIMEOUT_S)
+                await self._raise(request, row["traceparent"])
             except grpc.aio.AioRpcError as exc:
                 self.failed_attempts_total += 1
                 transient = exc.code() in _TRANSIENT
@@ -127,6 +130,18 @@ class OutboxRelay:
             delivered += 1
         self.delivered_total += delivered
         return delivered
+
+    async def _raise(self, request: alert_pb2.RaiseAlertRequest, traceparent: str | None) -> None:
+        """RaiseAlert as a child of ``traceparent`` (the producing record's context), when there is one:
+        the mesh client's span and the traceparent it sends continue that trace into the alert service."""
+        if not traceparent:
+            await self._stub.RaiseAlert(request, timeout=RAISE_TIMEOUT_S)
+            return
+        token = otel_context.attach(propagate.extract({"traceparent": traceparent}))
+        try:
+            await self._stub.RaiseAlert(request, timeout=RAISE_TIMEOUT_S)
+        finally:
+            otel_context.detach(token)
 
     async def _retry_later(self, outbox_ids: list[int], delay_s: float, error: str) -> None:
         await self._pool.execute(

@@ -6,7 +6,8 @@ already (a unique violation rolls the savepoint back) do they take the slower wa
 table, then INSERT … ON CONFLICT DO NOTHING. So a replayed Kafka batch writes nothing twice. Metric windows
 always take the staging way, as the rollups need the rows the insert really added. The rollups are
 fed from the raw metric rows an insert actually added (RETURNING), so they never count a window twice.
-Violations and anomalies go to their tables and to the alert outbox in the same transaction.
+Violations and anomalies go to their tables and to the alert outbox in the same transaction; each outbox
+row keeps the W3C traceparent of the record that produced it, so the alert joins that record's trace.
 """
 
 from __future__ import annotations
@@ -120,6 +121,24 @@ class WriteBatch:
     readings: list[ReadingRow] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+    violation_traceparents: list[str | None] = field(default_factory=list)
+    """Per violation (same index), the traceparent of the record that produced it; may be shorter."""
+    anomaly_traceparents: list[str | None] = field(default_factory=list)
+    """Per anomaly (same index), the traceparent of the record that produced it; may be shorter."""
+
+    @property
+    def untraced(self) -> bool:
+        """True when violations or anomalies were added since the last ``trace_new_outputs``."""
+        return len(self.violation_traceparents) < len(self.violations) or len(
+            self.anomaly_traceparents
+        ) < len(self.anomalies)
+
+    def trace_new_outputs(self, traceparent: str | None) -> None:
+        """Attribute the violations and anomalies added since the last call to ``traceparent``."""
+        self.violation_traceparents += [traceparent] * (
+            len(self.violations) - len(self.violation_traceparents)
+        )
+        self.anomaly_traceparents += [traceparent] * (len(self.anomalies) - len(self.anomaly_traceparents))
 
     def __len__(self) -> int:
         return (
@@ -276,8 +295,8 @@ SELECT * FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::text[], $5:
 ON CONFLICT DO NOTHING
 """
 _INSERT_OUTBOX: Final = """
-INSERT INTO analytics.alert_outbox (source_kind, source_id, request)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+INSERT INTO analytics.alert_outbox (source_kind, source_id, request, traceparent)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT DO NOTHING
 """
 
@@ -307,8 +326,8 @@ async def write_batch(connection: Conn, batch: WriteBatch) -> WriteResult:
             keys = {tuple(r) for r in await connection.fetch(_INSERT_METRICS)}
             added = tuple(m for m in batch.metrics if (m.camera_id, m.lane, m.zone, m.time) in keys)
             await _announce(connection, added)
-        violations = await _write_violations(connection, batch.violations)
-        anomalies = await _write_anomalies(connection, batch.anomalies)
+        violations = await _write_violations(connection, batch.violations, batch.violation_traceparents)
+        anomalies = await _write_anomalies(connection, batch.anomalies, batch.anomaly_traceparents)
     return WriteResult(events, passages, added, readings, violations, anomalies)
 
 
@@ -343,7 +362,9 @@ async def _copy_insert(
     return _count(await connection.execute(_insert_from_stage(table, columns)))
 
 
-async def _write_violations(connection: Conn, violations: Sequence[Violation]) -> int:
+async def _write_violations(
+    connection: Conn, violations: Sequence[Violation], traceparents: Sequence[str | None] = ()
+) -> int:
     if not violations:
         return 0
     protos = [violation_proto(v) for v in violations]
@@ -363,11 +384,14 @@ async def _write_violations(connection: Conn, violations: Sequence[Violation]) -
         ["violation"] * len(protos),
         [p.violation_id for p in protos],
         [violation_alert(v, p).SerializeToString() for v, p in zip(violations, protos, strict=True)],
+        _padded(traceparents, len(protos)),
     )
     return _count(status)
 
 
-async def _write_anomalies(connection: Conn, anomalies: Sequence[Anomaly]) -> int:
+async def _write_anomalies(
+    connection: Conn, anomalies: Sequence[Anomaly], traceparents: Sequence[str | None] = ()
+) -> int:
     if not anomalies:
         return 0
     protos = [anomaly_proto(a) for a in anomalies]
@@ -386,8 +410,14 @@ async def _write_anomalies(connection: Conn, anomalies: Sequence[Anomaly]) -> in
         ["anomaly"] * len(protos),
         [p.anomaly_id for p in protos],
         [anomaly_alert(a, p).SerializeToString() for a, p in zip(anomalies, protos, strict=True)],
+        _padded(traceparents, len(protos)),
     )
     return _count(status)
+
+
+def _padded(traceparents: Sequence[str | None], count: int) -> list[str | None]:
+    """``count`` traceparents: outputs no record was attributed (a flush) have none."""
+    return [*traceparents[:count], *[None] * (count - len(traceparents))]
 
 
 async def already_processed(connection: Conn, event_ids: Sequence[str]) -> set[str]:
