@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,14 +15,17 @@ from infrastructure.embedded import EmbeddedInfra, InfraUrls, free_ports
 
 
 @pytest.fixture(scope="session")
-async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InfraUrls]:
+async def infra() -> AsyncIterator[InfraUrls]:
     """The three servers for the whole run.
 
     DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS are used when set; whatever is missing runs
-    embedded on free loopback ports in a temporary directory and is stopped when the run ends.
+    embedded on free loopback ports in a temporary directory and is stopped when the run ends. The
+    directory is not under pytest's basetemp: a second pytest run on the machine prunes old basetemps,
+    which would delete a running server's data.
     """
-    async with EmbeddedInfra(tmp_path_factory.mktemp("infra"), ports=free_ports()) as urls:
-        yield urls
+    with tempfile.TemporaryDirectory(prefix="itsmesh-test-infra-") as directory:
+        async with EmbeddedInfra(Path(directory), ports=free_ports()) as urls:
+            yield urls
 
 
 @pytest.fixture(scope="session")
