@@ -3,21 +3,25 @@
 Every record carries the headers DESIGN §4 names — ``event-id`` (UUID, equal to the payload's event_id),
 ``content-type`` (application/x-protobuf), ``schema`` (the payload's full message name), ``traceparent``
 (W3C trace context) and ``produced-at`` (RFC 3339) — and is keyed by the camera or device id, so the order
-of one source holds within its partition.
+of one source holds within its partition. ``publish_many`` sends records that arrived together under one
+span, each still with all of these headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Generator, Mapping
+from collections.abc import Awaitable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from opentelemetry.trace import TracerProvider
 from pydantic import Field
@@ -45,6 +49,9 @@ TOPIC_PARTITIONS: Final[Mapping[str, int]] = {
 """Every itsmesh topic and its partition count (keys hash to partitions, so per-source order holds)."""
 
 CONTENT_TYPE: Final = b"application/x-protobuf"
+
+_PARTITION_CACHE_SIZE: Final = 65_536
+"""Most (topic, key) partitions remembered; beyond, the cache starts over (bounded memory)."""
 
 
 class KafkaSettings(BaseSettings):
@@ -83,6 +90,8 @@ class EventPublisher:
         self._tracer_provider = tracer_provider
         self._bootstrap_servers = bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[tuple[str, str], tuple[int, int]] = {}
+        """(topic, key) → (partition count, partition) as the default partitioner chose it."""
 
     async def start(self) -> None:
         """Connect the producer; raises ``PublishError`` when the broker cannot be reached."""
@@ -128,26 +137,77 @@ class EventPublisher:
         Awaiting ``publish`` itself only queues the record (so many can be in flight in order); awaiting
         its result waits for acks=all and raises ``PublishError`` if Kafka refused or timed out.
         """
+        (acknowledgement,) = await self._send(topic, ((key, message, event_id),))
+        return acknowledgement
+
+    async def publish_many(self, topic: str, records: Sequence[tuple[str, Message]]) -> list[Awaitable[None]]:
+        """Hand ``records`` (key, message) to the producer in order, under one span; one awaitable each.
+
+        Every record still carries all the headers of ``publish`` (its own event-id and schema; the
+        batch's traceparent and produced-at). Each awaitable resolves once the broker acked that record
+        and raises ``PublishError`` if it did not. A record the producer refuses at once fails together
+        with every record after it, which are not sent, so a source's records never reach Kafka out of
+        order; raises ``PublishError`` only when the publisher is not started.
+        """
+        return await self._send(topic, [(key, message, None) for key, message in records])
+
+    async def _send(
+        self, topic: str, records: Sequence[tuple[str, Message, str | None]]
+    ) -> list[Awaitable[None]]:
         producer = self._producer
         if producer is None:
             raise PublishError("the event publisher is not started")
-        event_id = event_id or getattr(message, "event_id", "") or str(uuid.uuid4())
-        with kafka_producer_span(topic, tracer_provider=self._tracer_provider):
-            headers = inject_kafka_headers(
-                [
-                    ("event-id", event_id.encode()),
-                    ("content-type", CONTENT_TYPE),
-                    ("schema", message.DESCRIPTOR.full_name.encode()),
-                    ("produced-at", datetime.now(UTC).isoformat().encode()),
-                ]
+        acknowledgements: list[Awaitable[None]] = []
+        if not records:
+            return acknowledgements
+        with kafka_producer_span(topic, tracer_provider=self._tracer_provider) as span:
+            if len(records) > 1:
+                span.set_attribute("messaging.batch.message_count", len(records))
+            # Constant over the batch: computed once, not per record.
+            shared = inject_kafka_headers(
+                [("content-type", CONTENT_TYPE), ("produced-at", datetime.now(UTC).isoformat().encode())]
             )
-            try:
-                sent = await producer.send(
-                    topic, value=message.SerializeToString(), key=key.encode(), headers=headers
-                )
-            except KafkaError as exc:
-                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
-        return Acknowledgement(topic, sent)
+            for index, (key, message, event_id) in enumerate(records):
+                event_id = event_id or getattr(message, "event_id", "") or str(uuid.uuid4())
+                headers = [
+                    ("event-id", event_id.encode()),
+                    ("schema", _schema(message)),
+                    *shared,
+                ]
+                try:
+                    sent = await producer.send(
+                        topic,
+                        value=message.SerializeToString(),
+                        key=key.encode(),
+                        partition=self._partition_of(topic, key),
+                        headers=headers,
+                    )
+                except KafkaError as exc:
+                    if len(records) == 1:
+                        raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+                    refused = _Refused(f"cannot publish to {topic}: {exc}", exc)
+                    acknowledgements += [refused] * (len(records) - index)
+                    break
+                acknowledgements.append(Acknowledgement(topic, sent))
+        return acknowledgements
+
+    def _partition_of(self, topic: str, key: str) -> int | None:
+        """The partition the producer's default partitioner picks for ``key`` (cached: the pure-Python
+        hash is a measurable part of a small record's cost); None before the topic's metadata is known."""
+        producer = self._producer
+        assert producer is not None
+        known = producer.client.cluster.partitions_for_topic(topic)
+        if not known:
+            return None  # unknown topic: send waits for its metadata and partitions by itself
+        cached = self._partitions.get((topic, key))
+        if cached is not None and cached[0] == len(known):
+            return cached[1]
+        if len(self._partitions) >= _PARTITION_CACHE_SIZE:
+            self._partitions.clear()
+        # The same arguments the producer passes its partitioner (a key is never None here).
+        partition = int(DefaultPartitioner()(key.encode(), list(known), []))
+        self._partitions[(topic, key)] = (len(known), partition)
+        return partition
 
     async def publish_and_wait(
         self, topic: str, key: str, message: Message, event_id: str | None = None
@@ -169,6 +229,10 @@ class Acknowledgement:
         self._topic = topic
         self._sent = sent
 
+    def done(self) -> bool:
+        """True once the broker answered (awaiting then does not wait)."""
+        return self._sent.done()
+
     def __await__(self) -> Generator[Any, None, None]:
         return self._wait().__await__()
 
@@ -177,6 +241,30 @@ class Acknowledgement:
             await self._sent
         except KafkaError as exc:
             raise PublishError(f"Kafka did not acknowledge a record on {self._topic}: {exc}") from exc
+
+
+class _Refused:
+    """Awaitable of a record the producer refused before sending: raises its PublishError."""
+
+    __slots__ = ("_cause", "_message")
+
+    def __init__(self, message: str, cause: KafkaError) -> None:
+        self._message = message
+        self._cause = cause
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise PublishError(self._message) from self._cause
+        yield  # a generator: awaiting raises, calling __await__ does not
+
+
+@functools.cache
+def _schema_of(descriptor: Descriptor) -> bytes:
+    return descriptor.full_name.encode()
+
+
+def _schema(message: Message) -> bytes:
+    """The ``schema`` header of ``message``: its full message name."""
+    return _schema_of(message.DESCRIPTOR)
 
 
 async def ensure_topics(

@@ -1,4 +1,4 @@
-"""Ingest counters, the accepted-frame rate and a camera's connection state: pure, time passed in."""
+"""Ingest counters, accepted-frame rate, ack latency percentiles, connection state: pure, time passed in."""
 
 from __future__ import annotations
 
@@ -32,6 +32,33 @@ class RateMeter:
     def _forget(self, now: float) -> None:
         while self._times and self._times[0] <= now - self.window_s:
             self._times.popleft()
+
+
+LATENCY_SAMPLES: Final = 4096
+"""Most latency samples a LatencyWindow keeps; at higher rates the oldest leave early (bounded memory)."""
+
+
+@dataclass(slots=True)
+class LatencyWindow:
+    """Latencies of the last ``window_s`` seconds, for p50/p99 in the status RPCs."""
+
+    window_s: float = RATE_WINDOW_S
+    _samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def record(self, now: float, latency_s: float) -> None:
+        """One latency of ``latency_s`` seconds observed at ``now``."""
+        self._samples.append((now, latency_s))
+
+    def percentiles(self, now: float) -> tuple[float, float]:
+        """(p50, p99) in milliseconds over the window ending at ``now``; zeros without samples."""
+        samples = self._samples
+        while samples and samples[0][0] <= now - self.window_s:
+            samples.popleft()
+        if not samples:
+            return 0.0, 0.0
+        ordered = sorted(latency for _, latency in samples)
+        last = len(ordered) - 1
+        return ordered[round(0.50 * last)] * 1000.0, ordered[round(0.99 * last)] * 1000.0
 
 
 @dataclass(slots=True)

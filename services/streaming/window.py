@@ -174,7 +174,10 @@ class AckWindow:
                 break
             del self._pending[first]
             self.acked_through = first
-        self._mark_due(now)
+        if self._pending:
+            self._mark_due(now)
+        else:
+            self._due_at = now  # nothing left in flight to coalesce with: waiting only adds latency
 
     def set_backpressure(self, on: bool, now: float) -> None:
         """Kafka is slow or down (on): stop granting credit until it recovers (off)."""

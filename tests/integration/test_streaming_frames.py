@@ -9,7 +9,7 @@ import pytest
 
 from itsmesh.v1 import common_pb2, events_pb2, streaming_pb2
 from mesh.events import CAMERA_DETECTIONS_TOPIC, CAMERA_DLQ_TOPIC, CAMERA_EVENTS_TOPIC
-from mesh.status import status_details
+from mesh.status import details_from_trailers, status_details
 from services.streaming.ingest import IngestLimits
 from tests.integration.streaming_host import (
     JPEG,
@@ -17,10 +17,10 @@ from tests.integration.streaming_host import (
     camera,
     frame,
     now_stamp,
+    real_jpeg,
     records,
     settle,
     streaming_host,
-    structural_jpeg,
     stub,
 )
 
@@ -109,7 +109,7 @@ async def test_invalid_frames_are_rejected_with_reasons_and_copied_to_the_dlq(ho
             frame(1),
             frame(2, jpeg=b"not a jpeg at all"),
             frame(3, jpeg=JPEG[:-2]),
-            frame(4, jpeg=structural_jpeg(1920, 1080)),
+            frame(4, jpeg=real_jpeg(0, 1920, 1080)),
             streaming_pb2.Frame(sequence=5, jpeg=JPEG),
             streaming_pb2.Frame(sequence=6, jpeg=JPEG, capture_time=now_stamp(60)),
             frame(7, jpeg=b""),
@@ -133,6 +133,43 @@ async def test_invalid_frames_are_rejected_with_reasons_and_copied_to_the_dlq(ho
     assert by_sequence[4].reason_detail == "1920x1080, expected 640x360"
     accepted = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: len(f) >= 2)
     assert sorted(_sequences(accepted)) == [1, 8]
+
+
+async def test_size_age_order_and_detection_rejections_reach_the_dlq(host, kafka_bootstrap):
+    async with stub(host) as client:
+        camera_id = await _register(client)
+        cam = Camera(client, camera_id)
+        await cam.start()
+        outside = common_pb2.Detection(
+            object_class=common_pb2.OBJECT_CLASS_VEHICLE,
+            confidence=0.9,
+            box=common_pb2.BoundingBox(left_px=600, top_px=10, width_px=100, height_px=40),
+        )
+        await cam.send(
+            frame(1),
+            frame(2, jpeg=JPEG + bytes(3 * 1024 * 1024)),  # over the 2 MiB frame limit, under gRPC's 4 MiB
+            streaming_pb2.Frame(sequence=3, jpeg=JPEG, capture_time=now_stamp(-2 * 24 * 3600)),
+            streaming_pb2.Frame(sequence=4, jpeg=JPEG, capture_time=now_stamp(-60)),  # before frame 1
+            frame(5, detections=[outside], has_edge_detections=True),
+        )
+        # 6 after 7 in one message: 7 cannot be settled in between, so 6 is out of order, not a duplicate.
+        await cam.send(frame(7), frame(6), batch=True)
+        await cam.read_until(7)
+        await cam.close()
+    reasons = cam.rejections()
+    assert reasons == {
+        2: common_pb2.FRAME_REJECT_REASON_TOO_LARGE,
+        3: common_pb2.FRAME_REJECT_REASON_CAPTURE_TIME_TOO_OLD,
+        4: common_pb2.FRAME_REJECT_REASON_CAPTURE_TIME_OUT_OF_ORDER,
+        5: common_pb2.FRAME_REJECT_REASON_INVALID_DETECTION,
+        6: common_pb2.FRAME_REJECT_REASON_SEQUENCE_OUT_OF_ORDER,
+    }
+    letters = await records(kafka_bootstrap, CAMERA_DLQ_TOPIC, camera_id, lambda f: len(f) >= 5)
+    by_sequence = {d.sequence: d for d in (events_pb2.DeadLetter.FromString(r.value) for r in letters)}
+    assert {s: d.frame_reject_reason for s, d in by_sequence.items()} == reasons
+    assert by_sequence[2].payload_truncated  # the DLQ keeps a bounded prefix of an oversized frame
+    accepted = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: len(f) >= 2)
+    assert sorted(_sequences(accepted)) == [1, 7]
 
 
 async def test_frames_beyond_credit_end_the_stream_with_resource_exhausted(infra):
@@ -187,6 +224,35 @@ async def test_a_misbehaving_stream_does_not_disturb_another_camera(host):
     assert good.rejections() == {}
 
 
+async def test_malformed_and_oversized_messages_end_only_their_own_stream(host):
+    async with stub(host) as client:
+        good_id, bad_id = await _register(client), await _register(client)
+        good = Camera(client, good_id)
+        await good.start()
+        await good.send(*(frame(s) for s in range(1, 4)))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel:
+            call = channel.stream_stream("/itsmesh.v1.StreamingService/StreamFrames")()
+            opening = streaming_pb2.OpenFrameStream(camera_id=bad_id)
+            await call.write(streaming_pb2.StreamFramesRequest(open=opening).SerializeToString())
+            assert await call.read() is not grpc.aio.EOF  # opened
+            await call.write(b"\xff\xff\xff\xff not protobuf")
+            code, trailers = await call.code(), await call.trailing_metadata()
+            details = details_from_trailers(code, await call.details() or "", trailers)
+            assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert [name for name, _ in details.field_violations] == ["message"]
+        oversized = Camera(client, bad_id, take_over=True)
+        await oversized.start()
+        await oversized.send(frame(1, jpeg=b"\xff\xd8" + bytes(5 * 1024 * 1024)))  # past gRPC's 4 MiB
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await oversized.read_until(1)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await good.read_until(3)
+        await good.send(*(frame(s) for s in range(4, 7)))
+        await good.read_until(6)
+        await good.close()
+    assert good.rejections() == {}
+
+
 async def test_a_second_stream_for_a_live_camera_is_already_exists_and_unknown_camera_not_found(host):
     async with stub(host) as client:
         camera_id = await _register(client)
@@ -219,9 +285,10 @@ async def test_online_and_offline_events_are_published(host, kafka_bootstrap):
     assert kinds(found) == ["config_changed", "online", "offline"]
     offline = events_pb2.CameraEvent.FromString(found[-1].value).offline
     assert offline.acked_through_sequence == 1
+    assert offline.reason == events_pb2.CAMERA_OFFLINE_REASON_STREAM_CLOSED
 
 
-async def test_draining_host_flushes_acks_then_ends_the_stream(infra):
+async def test_draining_host_flushes_acks_then_ends_the_stream(infra, kafka_bootstrap):
     async with streaming_host(infra) as own, stub(own) as client:
         camera_id = await _register(client)
         cam = Camera(client, camera_id)
@@ -233,6 +300,14 @@ async def test_draining_host_flushes_acks_then_ends_the_stream(infra):
         await stopping
     assert "draining" in [m.WhichOneof("message") for m in messages]
     assert await cam.call.code() == grpc.StatusCode.OK
+    found = await records(
+        kafka_bootstrap,
+        CAMERA_EVENTS_TOPIC,
+        camera_id,
+        lambda f: any(events_pb2.CameraEvent.FromString(r.value).HasField("offline") for r in f),
+    )
+    offline = events_pb2.CameraEvent.FromString(found[-1].value).offline
+    assert offline.reason == events_pb2.CAMERA_OFFLINE_REASON_SERVER_SHUTDOWN
 
 
 async def test_a_stream_must_start_with_open_naming_the_field(host):
@@ -279,6 +354,13 @@ async def test_take_over_ends_the_old_stream_with_aborted_after_settling_its_fra
     await settle()
     found = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: False, timeout=2)
     assert sorted(_sequences(found)) == [1, 2, 3, 4, 5, 6]
+    # The camera never went offline: the old stream ends without an offline event, only the new one says so.
+    events = [
+        events_pb2.CameraEvent.FromString(r.value)
+        for r in await records(kafka_bootstrap, CAMERA_EVENTS_TOPIC, camera_id, lambda f: False, timeout=2)
+    ]
+    offline = [e.offline for e in events if e.WhichOneof("kind") == "offline"]
+    assert [o.stream_id for o in offline] == [opened.stream_id]
 
 
 async def test_the_latest_acked_frame_is_kept_as_a_thumbnail(host):
@@ -296,3 +378,44 @@ async def test_the_latest_acked_frame_is_kept_as_a_thumbnail(host):
     assert latest.sequence == 1  # at most one frame per second is kept
     assert latest.jpeg == JPEG
     assert (latest.frame_size.width_px, latest.frame_size.height_px) == (640, 360)
+
+
+async def test_frames_published_together_keep_their_order_and_headers_around_a_reject(host, kafka_bootstrap):
+    async with stub(host) as client:
+        camera_id = await _register(client)
+        cam = Camera(client, camera_id)
+        await cam.start()
+        await cam.send(*(frame(s) for s in range(1, 4)), frame(4, jpeg=b"not a jpeg"), frame(5), batch=True)
+        await cam.send(*(frame(s) for s in range(6, 15)))  # written back to back: queued on the stream
+        await cam.read_until(14)
+        await cam.close()
+    assert cam.rejections() == {4: common_pb2.FRAME_REJECT_REASON_NOT_JPEG}
+    found = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: len(f) >= 13)
+    assert _sequences(found) == [s for s in range(1, 15) if s != 4]  # Kafka order, not sorted
+    for record in found:
+        event = events_pb2.CameraDetectionEvent.FromString(record.value)
+        headers = dict(record.headers)
+        assert headers["event-id"] == event.event_id.encode()
+        assert headers["schema"] == b"itsmesh.v1.CameraDetectionEvent"
+        assert headers["content-type"] == b"application/x-protobuf"
+        assert headers["produced-at"]  # traceparent too when tracing is on: test_event_publisher_batch
+    letters = await records(kafka_bootstrap, CAMERA_DLQ_TOPIC, camera_id, lambda f: len(f) >= 1)
+    assert [events_pb2.DeadLetter.FromString(r.value).sequence for r in letters] == [4]
+
+
+async def test_a_record_kafka_refuses_fails_its_own_frame_not_the_ones_before(host, kafka_bootstrap):
+    # ~1.1 MB of edge detections: the frame passes its checks, its event exceeds the producer's 1 MB
+    # request limit, so Kafka's client refuses that one record of the batch.
+    box = common_pb2.BoundingBox(left_px=1, top_px=1, width_px=5, height_px=5)
+    heavy = [common_pb2.Detection(object_class=common_pb2.OBJECT_CLASS_CAR, confidence=0.5, box=box)] * 60_000
+    async with stub(host) as client:
+        camera_id = await _register(client)
+        cam = Camera(client, camera_id)
+        await cam.start()
+        await cam.send(frame(1), frame(2, detections=heavy, has_edge_detections=True), frame(3), batch=True)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await cam.read_until(3)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert cam.acked_through <= 1  # frame 2 (and 3 behind it) never acknowledged
+    found = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: False, timeout=2)
+    assert _sequences(found) == [1]  # the frame before was published; the one after was held back

@@ -37,14 +37,29 @@ def test_frames_are_acked_only_once_settled_and_in_sequence_order():
     assert ack.credit_grant == 2
 
 
-def test_acks_are_coalesced_until_the_delay_passes():
+def test_acks_are_coalesced_until_the_delay_passes_while_frames_are_in_flight():
     w = opened()
     w.receive(1, T0)
+    w.receive(2, T0)
     w.settle(1, T0)
     assert w.next_deadline() == pytest.approx(T0 + 0.01)
     assert w.take_ack(T0 + 0.005) is None
-    assert w.take_ack(T0 + 0.01) is not None
+    ack = w.take_ack(T0 + 0.01)
+    assert ack is not None
+    assert ack.acked_through == 1
     assert w.take_ack(T0 + 1) is None
+
+
+def test_the_last_frame_in_flight_is_acked_without_the_coalescing_delay():
+    w = opened()
+    w.receive(1, T0)
+    w.receive(2, T0)
+    w.settle(1, T0)
+    w.settle(2, T0 + 0.001)  # nothing more to wait for: due at once, not at T0 + 0.01
+    assert w.next_deadline() == pytest.approx(T0 + 0.001)
+    ack = w.take_ack(T0 + 0.001)
+    assert ack is not None
+    assert ack.acked_through == 2
 
 
 def test_credit_never_lets_more_than_the_window_be_outstanding():
