@@ -16,10 +16,20 @@ from services.alert.config import AlertSettings
 from services.analytics.config import AnalyticsSettings
 from services.auth.config import AuthSettings
 from services.console.config import ConsoleSettings
+from services.simulator.config import SimulatorSettings
 from services.streaming.config import StreamingSettings
+from services.streaming.telemetry_config import TelemetrySettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SERVICE_SETTINGS = [StreamingSettings, AnalyticsSettings, AlertSettings, AuthSettings, ConsoleSettings]
+SERVICE_SETTINGS = [
+    StreamingSettings,
+    AnalyticsSettings,
+    AlertSettings,
+    AuthSettings,
+    ConsoleSettings,
+    SimulatorSettings,
+    TelemetrySettings,
+]
 
 
 def _documented() -> set[str]:
