@@ -33,6 +33,29 @@ FieldViolations: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 _CODES_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 
+HTTP_STATUS: Final[Mapping[grpc.StatusCode, int]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+"""gRPC code → HTTP status for REST fronts; anything else (INTERNAL, UNKNOWN, DATA_LOSS) is 500."""
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status a REST route answers for a gRPC ``code``."""
+    return HTTP_STATUS.get(code, 500)
+
+
 def rich_status(
     code: grpc.StatusCode,
     message: str,

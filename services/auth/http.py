@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qs
 
-import grpc
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,7 +31,7 @@ from mesh.permissions import (
     ROLES,
     routes_requiring,
 )
-from mesh.status import StatusError, details_from_trailers, status_trailers
+from mesh.status import StatusError, details_from_trailers, http_status, status_trailers
 from mesh.tokens import JwtAuthenticator
 from services.auth import passwords, rbac, validation
 from services.auth.authority import Authority
@@ -53,20 +52,6 @@ from services.auth.model import (
     UserChanges,
 )
 
-_HTTP_STATUS: Final[Mapping[grpc.StatusCode, int]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 _OAUTH_ERROR: Final[Mapping[str, str]] = {
     "INVALID_CLIENT": "invalid_client",
     "INVALID_ARGUMENT": "invalid_request",
@@ -78,7 +63,7 @@ _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 def error_response(error: StatusError) -> JSONResponse:
     """The HTTP answer for a ``StatusError``."""
     details = details_from_trailers(error.grpc_code, error.message, status_trailers(error.status))
-    status = _HTTP_STATUS.get(error.grpc_code, 500)
+    status = http_status(error.grpc_code)
     reason = details.reason or error.grpc_code.name
     oauth_error = _OAUTH_ERROR.get(reason)
     if oauth_error is None and status == 401:

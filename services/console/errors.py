@@ -14,24 +14,14 @@ from typing import Any, Final
 import grpc
 from fastapi.responses import JSONResponse
 
-from mesh.status import StatusDetails, StatusError, details_from_trailers, status_details, status_trailers
-
-HTTP_STATUS: Final[Mapping[grpc.StatusCode, int]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-"""gRPC code → HTTP status; anything else (INTERNAL, UNKNOWN, DATA_LOSS) is 500."""
+from mesh.status import (
+    StatusDetails,
+    StatusError,
+    details_from_trailers,
+    http_status,
+    status_details,
+    status_trailers,
+)
 
 REST_FIELDS: Final[Mapping[str, str]] = {
     "camera_ids": "camera_id",
@@ -60,7 +50,7 @@ def rest_field(proto_field: str) -> str:
 
 def error_body(details: StatusDetails) -> tuple[int, dict[str, Any], dict[str, str]]:
     """HTTP status, JSON body and headers for a failed call's decoded status."""
-    status = HTTP_STATUS.get(details.code, 500)
+    status = http_status(details.code)
     violations = [
         {"field": rest_field(name), "rpc_field": name, "description": why}
         for name, why in details.field_violations
