@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/itsmesh/v1/*.proto)
 PYTEST_ARGS ?=
 QUICK ?=
 
-.PHONY: help install protos run infra test test-unit lint bench lock clean
+.PHONY: help install protos run infra test test-unit lint bench soak lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: $(STUBS)  ## ruff + mypy
 
 bench: $(STUBS)  ## benchmarks against raw baselines; QUICK=1 for the short form
 	$(PY) -m tests.perf.run $(if $(QUICK),--quick,)
+
+soak: $(STUBS)  ## long fault run: delivery + memory/fd growth (not in CI); ITSMESH_SOAK_DURATION_S=600
+	$(PY) -m tests.perf.soak
 
 lock: | $(PY)  ## re-resolve requirements.lock from pyproject.toml
 	rm -rf /tmp/itsmesh-lock && $(PYTHON) -m venv /tmp/itsmesh-lock
