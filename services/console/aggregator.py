@@ -181,10 +181,11 @@ class StatusAggregator:
         started = self._clock()
         urgent_sent = asyncio.Event()
 
-        async def bounded(name: str, type_: str, check: Awaitable[Any]) -> Any:
+        # Checks come uncalled: a tick cancelled before a check starts leaves no coroutine unawaited.
+        async def bounded(name: str, type_: str, check: Callable[[], Awaitable[Any]]) -> Any:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    result = await check
+                    result = await check()
             except TimeoutError:
                 CHECK_FAILURES.labels(type_).inc()
                 result = down(name, type_, f"no answer within {self.timeout_s:.2f} s")
@@ -200,10 +201,10 @@ class StatusAggregator:
 
         infra_results, counts = await asyncio.gather(
             asyncio.gather(
-                bounded("postgresql", "postgresql", self._postgres()),
-                bounded("redis", "redis", self._redis_check()),
-                bounded("kafka", "kafka", self._kafka()),
-                bounded("discovery", "discovery", self._instances(started, self._wall())),
+                bounded("postgresql", "postgresql", self._postgres),
+                bounded("redis", "redis", self._redis_check),
+                bounded("kafka", "kafka", self._kafka),
+                bounded("discovery", "discovery", lambda: self._instances(started, self._wall())),
             ),
             self._bounded_counts(),
         )
