@@ -167,9 +167,9 @@ async def run(quick: bool, urls: InfraUrls | None = None) -> list[BenchResult]:
         base = "frames received x 1/fps"
         accuracy += [
             BenchResult(f"analytics speed MAE ({label})", mae, "km/h", n_mae, base, "<= 1.5 km/h"),
-            BenchResult(f"analytics speed p95 |error| ({label})", p95, "km/h", n_p95, base, "<= 3 km/h"),
+            BenchResult(f"analytics speed p95 abs error ({label})", p95, "km/h", n_p95, base, "<= 3 km/h"),
             BenchResult(
-                f"analytics speed |bias| ({label})", abs(bias), "km/h", abs(n_bias), base, "<= 0.5 km/h"
+                f"analytics speed abs bias ({label})", abs(bias), "km/h", abs(n_bias), base, "<= 0.5 km/h"
             ),
         ]
     return [
