@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from itsmesh.v1 import alert_pb2, common_pb2
-from mesh.status import status_details
 from tests.integration.alert_host import (
     MovableClock,
     alert_host,
@@ -18,6 +17,7 @@ from tests.integration.alert_host import (
     new_camera,
     raise_request,
 )
+from tests.integration.auth_stack import expect_rpc_error
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,6 @@ async def host(infra, clock):
 async def stub(host):
     async with alert_stub(host) as client:
         yield client
-
-
-async def _error(call):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return status_details(caught.value)
 
 
 async def test_a_repeat_with_the_same_labels_updates_count_and_last_seen_instead_of_creating(stub, clock):
@@ -122,7 +116,7 @@ async def test_acknowledge_then_resolve(stub, clock):
     assert resolved.resolve_comment == "replaced"
     twice = await stub.ResolveAlert(alert_pb2.ResolveAlertRequest(alert_id=alert_id, comment="x"))
     assert twice.resolve_comment == "replaced"
-    late = await _error(stub.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id=alert_id)))
+    late = await expect_rpc_error(stub.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id=alert_id)))
     assert late.code == grpc.StatusCode.FAILED_PRECONDITION
     assert late.reason == "ALERT_RESOLVED"
 
@@ -138,18 +132,18 @@ async def test_get_alert_returns_evidence_and_an_empty_delivery_history(stub):
 
 
 async def test_unknown_alert_is_not_found_and_a_bad_id_names_the_field(stub):
-    missing = await _error(
+    missing = await expect_rpc_error(
         stub.GetAlert(alert_pb2.GetAlertRequest(alert_id="00000000-0000-0000-0000-000000000000"))
     )
     assert missing.code == grpc.StatusCode.NOT_FOUND
-    bad = await _error(stub.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id="nope")))
+    bad = await expect_rpc_error(stub.AcknowledgeAlert(alert_pb2.AcknowledgeAlertRequest(alert_id="nope")))
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.field_violations == (("alert_id", "must be a UUID"),)
 
 
 async def test_raise_validation_names_every_bad_field(stub):
     request = alert_pb2.RaiseAlertRequest(labels={"camera_id": "c", "9x": "y", "severity": "high"})
-    error = await _error(stub.RaiseAlert(request))
+    error = await expect_rpc_error(stub.RaiseAlert(request))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     fields = {name for name, _ in error.field_violations}
     assert fields == {"client_alert_id", "labels", "labels['severity']", "labels['9x']", "severity"}
@@ -207,9 +201,11 @@ async def test_a_page_token_only_works_with_the_same_filters(stub):
     for kind in ("x1", "x2"):
         await stub.RaiseAlert(raise_request(camera, kind=kind))
     first = await stub.ListAlerts(alert_pb2.ListAlertsRequest(matchers=[camera_matcher(camera)], page_size=1))
-    error = await _error(stub.ListAlerts(alert_pb2.ListAlertsRequest(page_token=first.next_page_token)))
+    error = await expect_rpc_error(
+        stub.ListAlerts(alert_pb2.ListAlertsRequest(page_token=first.next_page_token))
+    )
     assert error.field_violations[0][0] == "page_token"
-    bad_regex = await _error(
+    bad_regex = await expect_rpc_error(
         stub.ListAlerts(
             alert_pb2.ListAlertsRequest(
                 matchers=[

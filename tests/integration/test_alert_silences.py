@@ -9,7 +9,6 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from itsmesh.v1 import alert_pb2
-from mesh.status import status_details
 from tests.integration.alert_host import (
     MovableClock,
     alert_host,
@@ -18,6 +17,7 @@ from tests.integration.alert_host import (
     new_camera,
     raise_request,
 )
+from tests.integration.auth_stack import expect_rpc_error
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,6 @@ async def host(infra, clock):
 async def stub(host):
     async with alert_stub(host) as client:
         yield client
-
-
-async def _error(call):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return status_details(caught.value)
 
 
 def _silence(clock, matchers, *, start_in_s=0.0, hours=1.0, comment="lens cleaning, ticket 4711"):
@@ -108,7 +102,7 @@ async def test_update_extends_a_silence_and_delete_expires_it(stub, clock):
     await stub.DeleteSilence(alert_pb2.DeleteSilenceRequest(silence_id=silence.silence_id))  # no-op
     expired = await stub.GetSilence(alert_pb2.GetSilenceRequest(silence_id=silence.silence_id))
     assert expired.state == alert_pb2.SILENCE_STATE_EXPIRED
-    error = await _error(
+    error = await expect_rpc_error(
         stub.UpdateSilence(
             alert_pb2.UpdateSilenceRequest(
                 silence=changed, update_mask=field_mask_pb2.FieldMask(paths=["end_time"])
@@ -144,28 +138,30 @@ async def test_list_silences_filters_by_state_newest_first_and_pages(stub, clock
 
 
 async def test_silence_validation_names_each_field(stub, clock):
-    empty = await _error(stub.CreateSilence(alert_pb2.CreateSilenceRequest(silence=alert_pb2.Silence())))
+    empty = await expect_rpc_error(
+        stub.CreateSilence(alert_pb2.CreateSilenceRequest(silence=alert_pb2.Silence()))
+    )
     assert {name for name, _ in empty.field_violations} == {
         "silence.matchers",
         "silence.end_time",
         "silence.comment",
     }
     catch_all = alert_pb2.LabelMatcher(name="kind", value=".*", type=alert_pb2.LABEL_MATCH_TYPE_REGEX)
-    broad = await _error(stub.CreateSilence(_silence(clock, [catch_all])))
+    broad = await expect_rpc_error(stub.CreateSilence(_silence(clock, [catch_all])))
     assert broad.field_violations[0][0] == "silence.matchers"
     assert "empty string" in broad.field_violations[0][1]
     bad_regex = alert_pb2.LabelMatcher(name="kind", value="cam(", type=alert_pb2.LABEL_MATCH_TYPE_REGEX)
-    regex = await _error(stub.CreateSilence(_silence(clock, [bad_regex])))
+    regex = await expect_rpc_error(stub.CreateSilence(_silence(clock, [bad_regex])))
     assert regex.field_violations[0][0] == "silence.matchers[0].value"
     backwards = _silence(clock, [camera_matcher("c")])
     backwards.silence.end_time.FromDatetime(clock.now - timedelta(minutes=1))
-    window = await _error(stub.CreateSilence(backwards))
+    window = await expect_rpc_error(stub.CreateSilence(backwards))
     assert window.field_violations == (("silence.end_time", "must be after start_time"),)
-    no_mask = await _error(
+    no_mask = await expect_rpc_error(
         stub.UpdateSilence(alert_pb2.UpdateSilenceRequest(silence=alert_pb2.Silence(silence_id="x")))
     )
     assert no_mask.field_violations[0][0] == "silence.silence_id"
-    missing = await _error(
+    missing = await expect_rpc_error(
         stub.GetSilence(alert_pb2.GetSilenceRequest(silence_id="00000000-0000-0000-0000-000000000000"))
     )
     assert missing.code == grpc.StatusCode.NOT_FOUND
