@@ -81,17 +81,23 @@ async def test_cameras_are_registered_and_every_acked_frame_reaches_kafka(
 
 
 async def test_duplicate_and_out_of_order_frames_go_out_raw_and_are_settled(host, infra, tmp_path):
-    options = SimulationOptions(
-        cameras=1,
-        devices=0,
-        fps=10.0,
-        duration_s=3.0,
-        seed=12,
-        duplicate_rate=0.2,
-        out_of_order_rate=0.2,
-        prefix=f"t{uuid.uuid4().hex[:8]}",
-    )
-    plan = build_plan(options)
+    # The frame schedule is seeded by the (unique) camera id: take the first plan whose 28 frames include
+    # both a resent and a swapped frame, so the test never depends on the draw.
+    for _ in range(100):
+        options = SimulationOptions(
+            cameras=1,
+            devices=0,
+            fps=10.0,
+            duration_s=3.0,
+            seed=12,
+            duplicate_rate=0.2,
+            out_of_order_rate=0.2,
+            prefix=f"t{uuid.uuid4().hex[:8]}",
+        )
+        plan = build_plan(options)
+        _, planned = plan.cameras[0].frames()
+        if planned.duplicated and planned.swapped:
+            break
     simulation = Simulation(
         plan, RunTarget(_settings(host, infra), authenticate=False), truth_path=tmp_path / "t"
     )
@@ -106,7 +112,6 @@ async def test_duplicate_and_out_of_order_frames_go_out_raw_and_are_settled(host
     # duplicate when the later one was already acknowledged. Either way only first copies are accepted.
     assert counters.sent == stats.captured + len(stats.duplicated)
     assert counters.duplicate + counters.rejected == len(stats.duplicated) + len(stats.swapped)
-    assert counters.duplicate >= 1
     assert counters.acked == stats.captured - len(stats.swapped)
     assert counters.buffered == 0
 
