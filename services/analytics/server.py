@@ -96,10 +96,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             source = queries.choose_source(query)
             pool = self._pool()
             shape = MetricBucketShape(query.bucket_s, _fields(request.metrics), object_classes(request))
-            rows = await queries.traffic_metrics(
-                pool, query, source, offset, limit + 1, classes=shape.needs_classes
+            rows, fresh = await asyncio.gather(  # two pooled connections: one round trip of waiting
+                queries.traffic_metrics(pool, query, source, offset, limit + 1, classes=shape.needs_classes),
+                queries.fresh_through(pool, query.camera_ids),
             )
-            fresh = await queries.fresh_through(pool, query.camera_ids)
             response = analytics_pb2.GetTrafficMetricsResponse(
                 next_page_token=next_token(request, offset + limit) if len(rows) > limit else "",
                 source=_SOURCES[source],
