@@ -22,7 +22,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from itsmesh.v1 import analytics_pb2, events_pb2
 from mesh.events import CAMERA_DETECTIONS_TOPIC, ensure_topics
@@ -50,6 +49,7 @@ from tests.integration.analytics_host import (
     analytics_stub,
     eventually,
     publish_all,
+    start_group_at_end,
 )
 from tests.integration.streaming_host import streaming_host
 
@@ -104,22 +104,6 @@ def _plan(options: SimulationOptions, **scene: Any) -> Plan:
     fields = {f.name: getattr(camera, f.name) for f in dataclasses.fields(camera)}
     fields.update(scene=built, renderer=Renderer(built, camera.camera))
     return dataclasses.replace(plan, cameras=[_FixedScene(**fields)])
-
-
-async def _start_at_end(bootstrap: str, group: str) -> None:
-    """Commit the group's offsets at the end of the detections topic, so analytics skips what earlier
-    tests of the session published there."""
-    await ensure_topics(bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(CAMERA_DETECTIONS_TOPIC) or set()
-        assigned = [TopicPartition(CAMERA_DETECTIONS_TOPIC, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        ends = await consumer.end_offsets(assigned)
-        await consumer.commit({tp: ends[tp] for tp in assigned})
-    finally:
-        await consumer.stop()
 
 
 async def _simulate(plan: Plan, streaming: ServiceHost, infra: Any, truth: Path) -> RunProgress:
@@ -229,7 +213,7 @@ async def test_analytics_matches_the_simulators_ground_truth(infra, pg, tmp_path
     topics = Topics(CAMERA_DETECTIONS_TOPIC, f"test.tel.{tag}", f"test.cam.{tag}")
     await ensure_topics(infra.kafka_bootstrap_servers, {topics.telemetry: 1, topics.camera_events: 1})
     group = f"analytics-{tag}"
-    await _start_at_end(infra.kafka_bootstrap_servers, group)
+    await start_group_at_end(infra.kafka_bootstrap_servers, group, CAMERA_DETECTIONS_TOPIC)
     busy = _plan(_options(7, duplicate_rate=0.05, out_of_order_rate=0.05))
     # Lane change and occlusion stay in the clean scene: they are clean traffic.
     clean = _plan(_options(8), speeding_share=0.0, wrong_way=False, stopping=False)

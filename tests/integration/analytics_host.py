@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf import timestamp_pb2
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.polygon import orient
@@ -130,6 +131,22 @@ async def publish_all(bootstrap: str, topic: str, events: list[Any], key: Callab
         acks = [await publisher.publish(topic, key(e), e) for e in events]
         for ack in acks:
             await ack
+
+
+async def start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the end of ``topic``, so a consumer of that group skips what was
+    published there before (earlier tests or benchmarks sharing the broker)."""
+    await ensure_topics(bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        ends = await consumer.end_offsets(assigned)
+        await consumer.commit({tp: ends[tp] for tp in assigned})
+    finally:
+        await consumer.stop()
 
 
 async def eventually(

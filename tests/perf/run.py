@@ -12,6 +12,7 @@ from tests.perf import (
     bench_alert,
     bench_analytics,
     bench_analytics_core,
+    bench_analytics_freshness,
     bench_auth,
     bench_console,
     bench_host,
@@ -31,6 +32,7 @@ BENCHMARKS = [
     bench_alert,
     bench_analytics_core,
     bench_analytics,
+    bench_analytics_freshness,
 ]
 
 
