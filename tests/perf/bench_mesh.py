@@ -109,7 +109,7 @@ async def _bidi_rate(stub: streaming_pb2_grpc.StreamingServiceStub, seconds: flo
 
 
 async def _throughput(quick: bool) -> list[BenchResult]:
-    seconds, rounds = (1.0, 3) if quick else (1.5, 6)
+    seconds, rounds = (0.5, 6) if quick else (1.0, 12)
     server, address = await _serve(EchoStreaming("a"))
     request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
     results: list[BenchResult] = []
@@ -128,24 +128,23 @@ async def _throughput(quick: bool) -> list[BenchResult]:
             await meshed.GetCamera(request)
             await bare.GetCamera(request)
             # Alternate raw and mesh rounds so the machine's noise hits both alike; report medians. Many
-            # short rounds pair up better than a few long ones when the load of the machine keeps moving.
+            # short rounds pair up better than a few long ones when the load of the machine keeps moving,
+            # and each round starts with a different contender, so none always runs first or last.
             raw_rounds, mesh_rounds, bare_rounds, raw_lat, mesh_lat = [], [], [], [], []
             raw_cpu, mesh_cpu, bare_cpu = [], [], []
-            for _ in range(rounds):
-                cpu = time.thread_time()
-                rps, lat = await _closed_loop(lambda: bare.GetCamera(request), seconds, CONCURRENCY)
-                bare_cpu.append((time.thread_time() - cpu) / len(lat) * 1e6)
-                bare_rounds.append(rps)
-                cpu = time.thread_time()
-                rps, lat = await _closed_loop(lambda: raw.GetCamera(request), seconds, CONCURRENCY)
-                raw_cpu.append((time.thread_time() - cpu) / len(lat) * 1e6)
-                raw_rounds.append(rps)
-                raw_lat.extend(lat)
-                cpu = time.thread_time()
-                rps, lat = await _closed_loop(lambda: meshed.GetCamera(request), seconds, CONCURRENCY)
-                mesh_cpu.append((time.thread_time() - cpu) / len(lat) * 1e6)
-                mesh_rounds.append(rps)
-                mesh_lat.extend(lat)
+            contenders = [
+                (lambda: bare.GetCamera(request), bare_rounds, bare_cpu, None),
+                (lambda: raw.GetCamera(request), raw_rounds, raw_cpu, raw_lat),
+                (lambda: meshed.GetCamera(request), mesh_rounds, mesh_cpu, mesh_lat),
+            ]
+            for k in range(rounds):
+                for call, rates, cpus, latencies in contenders[k % 3 :] + contenders[: k % 3]:
+                    cpu = time.thread_time()
+                    rps, lat = await _closed_loop(call, seconds, CONCURRENCY)
+                    cpus.append((time.thread_time() - cpu) / len(lat) * 1e6)
+                    rates.append(rps)
+                    if latencies is not None:
+                        latencies.extend(lat)
             raw_rps, mesh_rps = statistics.median(raw_rounds), statistics.median(mesh_rounds)
             # The event loop's CPU time per call (client and server share this loop): what the mesh costs,
             # and less at the mercy of other processes than a rate is.
@@ -229,7 +228,7 @@ async def _recording_spans(quick: bool) -> list[BenchResult]:
     traceparent is sent only when a sampled trace is already current). Here server and client record
     every span through an SDK provider with no exporter, so the figure is the cost of recording alone.
     """
-    seconds, rounds = (1.0, 3) if quick else (1.5, 6)
+    seconds, rounds = (0.5, 6) if quick else (1.0, 12)
     provider = configure_tracing(
         "bench", "bench-1", settings=TracingSettings(otlp_endpoint=None), set_global=False
     )
