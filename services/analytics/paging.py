@@ -6,12 +6,15 @@ import base64
 import binascii
 import hashlib
 import struct
-from typing import Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 from mesh.status import raise_for_violations
 
 _PAGING_FIELDS: Final = ("page_size", "page_token")
 _FORMAT: Final = ">8sQ"  # 8 digest bytes, then the offset
+_T = TypeVar("_T")
 
 
 def filters_digest(request: Any) -> bytes:
@@ -49,3 +52,28 @@ def page_size(request: Any, default: int, maximum: int) -> int:
     if request.page_size < 0:
         raise_for_violations([("page_size", "must not be negative")])
     return min(request.page_size or default, maximum)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list request: where it starts, how long it is, and how its token is made."""
+
+    request: Any
+    offset: int
+    limit: int
+
+    @property
+    def fetch(self) -> int:
+        """Rows to read: one more than the page, which tells whether another page follows."""
+        return self.limit + 1
+
+    def split(self, rows: Sequence[_T]) -> tuple[Sequence[_T], str]:
+        """The page's rows of ``fetch`` read, and the next page's token ("" on the last page)."""
+        if len(rows) > self.limit:
+            return rows[: self.limit], next_token(self.request, self.offset + self.limit)
+        return rows, ""
+
+
+def page_of(request: Any, default: int, maximum: int) -> Page:
+    """The page ``request`` asks for (its token and size checked; see page_offset and page_size)."""
+    return Page(request, page_offset(request), page_size(request, default, maximum))

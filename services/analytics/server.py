@@ -27,7 +27,7 @@ from services.analytics.geofences import GeofenceStore
 from services.analytics.live import LiveMetrics
 from services.analytics.model import MetricWindow, Passage
 from services.analytics.outbox import outbox_state
-from services.analytics.paging import next_token, page_offset, page_size
+from services.analytics.paging import page_of
 from services.analytics.queries import MetricsRow
 from services.analytics.requests import (
     anomaly_query,
@@ -91,20 +91,19 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_pb2.GetTrafficMetricsResponse:
         async with _errors(context):
             query = metrics_query(request)
-            offset = page_offset(request)
-            limit = page_size(request, *METRICS_PAGE)
+            page = page_of(request, *METRICS_PAGE)
             source = queries.choose_source(query)
             pool = self._pool()
             shape = MetricBucketShape(query.bucket_s, _fields(request.metrics), object_classes(request))
             rows, fresh = await asyncio.gather(  # two pooled connections: one round trip of waiting
-                queries.traffic_metrics(pool, query, source, offset, limit + 1, classes=shape.needs_classes),
+                queries.traffic_metrics(
+                    pool, query, source, page.offset, page.fetch, classes=shape.needs_classes
+                ),
                 queries.fresh_through(pool, query.camera_ids),
             )
-            response = analytics_pb2.GetTrafficMetricsResponse(
-                next_page_token=next_token(request, offset + limit) if len(rows) > limit else "",
-                source=_SOURCES[source],
-            )
-            for row in rows[:limit]:
+            buckets, token = page.split(rows)
+            response = analytics_pb2.GetTrafficMetricsResponse(next_page_token=token, source=_SOURCES[source])
+            for row in buckets:
                 shape.bucket(row, response.buckets.add())
             if fresh is not None:
                 response.data_fresh_through_time.CopyFrom(timestamp(fresh))
@@ -175,11 +174,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_pb2.ListPassagesResponse:
         async with _errors(context):
             query = passage_query(request)
-            offset, limit = page_offset(request), page_size(request, *PASSAGES_PAGE)
-            rows = await queries.passages(self._pool(), query, offset, limit + 1)
+            page = page_of(request, *PASSAGES_PAGE)
+            rows, token = page.split(await queries.passages(self._pool(), query, page.offset, page.fetch))
             return analytics_pb2.ListPassagesResponse(
-                passages=[passage_proto(_passage_of(r)) for r in rows[:limit]],
-                next_page_token=next_token(request, offset + limit) if len(rows) > limit else "",
+                passages=[passage_proto(_passage_of(r)) for r in rows], next_page_token=token
             )
         raise AssertionError("unreachable")
 
@@ -188,11 +186,12 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_pb2.ListViolationsResponse:
         async with _errors(context):
             query = violation_query(request)
-            offset, limit = page_offset(request), page_size(request, *LIST_PAGE)
-            payloads = await queries.violations(self._pool(), query, offset, limit + 1)
+            page = page_of(request, *LIST_PAGE)
+            payloads, token = page.split(
+                await queries.violations(self._pool(), query, page.offset, page.fetch)
+            )
             return analytics_pb2.ListViolationsResponse(
-                violations=[events_pb2.Violation.FromString(p) for p in payloads[:limit]],
-                next_page_token=next_token(request, offset + limit) if len(payloads) > limit else "",
+                violations=[events_pb2.Violation.FromString(p) for p in payloads], next_page_token=token
             )
         raise AssertionError("unreachable")
 
@@ -217,11 +216,12 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_pb2.ListAnomaliesResponse:
         async with _errors(context):
             query = anomaly_query(request)
-            offset, limit = page_offset(request), page_size(request, *LIST_PAGE)
-            payloads = await queries.anomalies(self._pool(), query, offset, limit + 1)
+            page = page_of(request, *LIST_PAGE)
+            payloads, token = page.split(
+                await queries.anomalies(self._pool(), query, page.offset, page.fetch)
+            )
             return analytics_pb2.ListAnomaliesResponse(
-                anomalies=[events_pb2.Anomaly.FromString(p) for p in payloads[:limit]],
-                next_page_token=next_token(request, offset + limit) if len(payloads) > limit else "",
+                anomalies=[events_pb2.Anomaly.FromString(p) for p in payloads], next_page_token=token
             )
         raise AssertionError("unreachable")
 
@@ -230,18 +230,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_pb2.ListTelemetryReadingsResponse:
         async with _errors(context):
             query = reading_query(request)
-            offset, limit = page_offset(request), page_size(request, *PASSAGES_PAGE)
-            rows = await queries.readings(self._pool(), query, offset, limit + 1)
+            page = page_of(request, *PASSAGES_PAGE)
+            rows, token = page.split(await queries.readings(self._pool(), query, page.offset, page.fetch))
             area = (
                 Polygon([(v.longitude_deg, v.latitude_deg) for v in request.area.vertices])
                 if request.HasField("area")
                 else None
             )
             # The bounding box filtered in SQL; the exact outline here, so a page may come back short.
-            kept = [r for r in rows[:limit] if area is None or area.covers(Point(r["lon"], r["lat"]))]
+            kept = [r for r in rows if area is None or area.covers(Point(r["lon"], r["lat"]))]
             return analytics_pb2.ListTelemetryReadingsResponse(
-                readings=[_reading_of(r) for r in kept],
-                next_page_token=next_token(request, offset + limit) if len(rows) > limit else "",
+                readings=[_reading_of(r) for r in kept], next_page_token=token
             )
         raise AssertionError("unreachable")
 
@@ -272,12 +271,11 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_pb2.ListGeofencesRequest, context: Context
     ) -> analytics_pb2.ListGeofencesResponse:
         async with _errors(context):
-            offset, limit = page_offset(request), page_size(request, *LIST_PAGE)
-            found = await self._geofences().page(request.device_id, offset, limit + 1)
-            return analytics_pb2.ListGeofencesResponse(
-                geofences=found[:limit],
-                next_page_token=next_token(request, offset + limit) if len(found) > limit else "",
+            page = page_of(request, *LIST_PAGE)
+            found, token = page.split(
+                await self._geofences().page(request.device_id, page.offset, page.fetch)
             )
+            return analytics_pb2.ListGeofencesResponse(geofences=found, next_page_token=token)
         raise AssertionError("unreachable")
 
     async def UpdateGeofence(
