@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -13,7 +14,7 @@ from google.protobuf.message import Message
 
 from itsmesh.v1 import alert_pb2, analytics_pb2, common_pb2, events_pb2
 from services.analytics.model import Anomaly, Passage, TrackPoint, Violation
-from services.analytics.queries import MetricsRow
+from services.analytics.queries import MetricsRow, class_counts
 
 ALERT_SOURCE: Final = "analytics"
 
@@ -227,6 +228,9 @@ def anomaly_alert(anomaly: Anomaly, proto: events_pb2.Anomaly) -> alert_pb2.Rais
 _F = analytics_pb2
 
 
+_NO_COUNTS: Final[Mapping[str, int]] = MappingProxyType({})
+
+
 class MetricBucketShape:
     """Turns stored sums (a MetricsRow) into a TrafficMetricBucket with the requested fields.
 
@@ -246,11 +250,12 @@ class MetricBucketShape:
         self._headway = _F.TRAFFIC_METRIC_FIELD_HEADWAY in fields
         self._congestion = _F.TRAFFIC_METRIC_FIELD_CONGESTION_LEVEL in fields
         self._entries: dict[tuple[tuple[str, int], ...], list[analytics_pb2.ClassCount]] = {}
+        self._needs_classes = bool(self._classes) or self._class_counts
 
     @property
     def needs_classes(self) -> bool:
         """Whether per-class counts must be read."""
-        return bool(self._classes) or self._class_counts
+        return self._needs_classes
 
     def bucket(
         self, row: MetricsRow, message: analytics_pb2.TrafficMetricBucket | None = None
@@ -290,6 +295,46 @@ class MetricBucketShape:
             message.mean_headway_s = row.headway_sum / row.headway_weight
         if self._congestion:
             message.congestion_level = row.congestion_max  # type: ignore[assignment]  # proto numbers
+        return message
+
+    def window(
+        self, record: Sequence[Any], message: analytics_pb2.TrafficMetricBucket | None = None
+    ) -> analytics_pb2.TrafficMetricBucket:
+        """The bucket of one stored 10 s window, a ``queries.metric_windows`` row (WINDOW_COLUMNS): the
+        values as stored, with what ``bucket`` would derive from their sums."""
+        camera_id, lane, zone, start_us, count, counts_text, mean, p85, occupancy, headway, congestion = record
+        message = message if message is not None else analytics_pb2.TrafficMetricBucket()
+        message.camera_id = camera_id
+        if lane:
+            message.lane_id = lane
+        if zone:
+            message.zone_id = zone
+        message.window_count = 1
+        seconds, micros = divmod(start_us, 1_000_000)
+        stamp = message.bucket_start_time
+        stamp.seconds = seconds
+        if micros:
+            stamp.nanos = micros * 1000
+        message.bucket.seconds = self._bucket_s
+        counts = class_counts(counts_text) if counts_text and self._needs_classes else _NO_COUNTS
+        if self._count:
+            if self._classes:
+                count = sum(counts.get(c, 0) for c in self._classes)
+            message.vehicle_count = count
+            message.flow_vehicles_per_hour = count * 3600.0 / self._bucket_s
+        if self._class_counts and counts:
+            message.class_counts.extend(self._class_entries(counts))
+        # as in ``bucket``: means over vehicles need vehicles (a window without any has no mean speed)
+        if self._mean_speed and mean is not None and record[4]:
+            message.mean_speed_kmh = mean
+        if self._p85_speed and p85 is not None:
+            message.p85_speed_kmh = p85
+        if self._occupancy and occupancy is not None:
+            message.occupancy_ratio = occupancy
+        if self._headway and headway is not None and record[4]:
+            message.mean_headway_s = headway
+        if self._congestion:
+            message.congestion_level = congestion
         return message
 
     def _class_entries(self, counts: Mapping[str, int]) -> list[analytics_pb2.ClassCount]:

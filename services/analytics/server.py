@@ -53,7 +53,7 @@ def _errors(context: Context) -> errors_as_status:
 
 
 def _status_of(exc: BaseException) -> StatusError | None:
-    if isinstance(exc, (asyncpg.PostgresConnectionError, OSError)):
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, OSError)):
         return status_error(
             grpc.StatusCode.UNAVAILABLE, "the analytics database is unreachable", retry_delay_s=1.0
         )
@@ -95,16 +95,15 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             source = queries.choose_source(query)
             pool = self._pool()
             shape = MetricBucketShape(query.bucket_s, _fields(request.metrics), object_classes(request))
-            rows, fresh = await asyncio.gather(  # two pooled connections: one round trip of waiting
-                queries.traffic_metrics(
-                    pool, query, source, page.offset, page.fetch, classes=shape.needs_classes
-                ),
+            (rows, build), fresh = await asyncio.gather(  # two pooled connections: one wait
+                _metric_rows(pool, query, source, shape, page.offset, page.fetch),
                 queries.fresh_through(pool, query.camera_ids),
             )
             buckets, token = page.split(rows)
             response = analytics_pb2.GetTrafficMetricsResponse(next_page_token=token, source=_SOURCES[source])
+            add = response.buckets.add
             for row in buckets:
-                shape.bucket(row, response.buckets.add())
+                build(row, add())
             if fresh is not None:
                 response.data_fresh_through_time.CopyFrom(timestamp(fresh))
             return response
@@ -130,11 +129,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             stamp = query.start.astimezone(zone).strftime("%Y%m%d")
             name = f"metrics_{query.camera_ids[0] if len(query.camera_ids) == 1 else 'cameras'}_{stamp}.csv"
             while True:
-                rows = await queries.traffic_metrics(
-                    self._pool(), query, source, offset, METRICS_PAGE[1], classes=shape.needs_classes
-                )
+                rows, build = await _metric_rows(self._pool(), query, source, shape, offset, METRICS_PAGE[1])
                 for row in rows:
-                    writer.writerow(_csv_row(shape.bucket(row), fields, zone))
+                    writer.writerow(_csv_row(build(row, None), fields, zone))
                     rows_in_chunk += 1
                     if out.tell() >= EXPORT_CHUNK_BYTES:
                         yield _chunk(out, rows_in_chunk, first, name)
@@ -379,6 +376,25 @@ def metrics_breakdown(value: int) -> queries.Breakdown:
     if value == _F.METRICS_BREAKDOWN_ZONE:
         return "zone"
     return "camera"
+
+
+BucketBuilder = Callable[[Any, analytics_pb2.TrafficMetricBucket | None], analytics_pb2.TrafficMetricBucket]
+
+
+async def _metric_rows(
+    pool: asyncpg.Pool,
+    query: queries.MetricsQuery,
+    source: queries.Source,
+    shape: MetricBucketShape,
+    offset: int,
+    limit: int,
+) -> tuple[Sequence[Any], BucketBuilder]:
+    """``limit`` buckets from ``offset``, and how ``shape`` turns each into a TrafficMetricBucket: 10 s
+    buckets are the stored windows as they are, longer ones sums over windows or rollups."""
+    if queries.single_windows(query, source):
+        return await queries.metric_windows(pool, query, offset, limit), shape.window
+    rows = await queries.traffic_metrics(pool, query, source, offset, limit, classes=shape.needs_classes)
+    return rows, shape.bucket
 
 
 def _row_of_window(window: MetricWindow) -> MetricsRow:

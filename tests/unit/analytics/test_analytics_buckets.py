@@ -3,8 +3,11 @@ windows flagged approximate."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 from itsmesh.v1 import analytics_pb2, common_pb2
 from services.analytics.encode import MetricBucketShape
@@ -91,3 +94,68 @@ def test_buckets_sharing_a_class_mix_get_equal_but_separate_entries() -> None:
     assert first.class_counts == second.class_counts
     second.class_counts[0].count = 99
     assert first.class_counts[0].count == 3
+
+
+def _stored(**values: Any) -> tuple[Any, ...]:
+    """A queries.metric_windows row (WINDOW_COLUMNS order) of the window ``_row()`` sums up."""
+    window: dict[str, Any] = {
+        "camera_id": "cam-1",
+        "lane": "l1",
+        "zone": "",
+        "start_us": int(START.timestamp() * 1_000_000),
+        "vehicle_count": 4,
+        "counts": '{"car": 3, "truck": 1}',
+        "mean": 50.0,
+        "p85": 61.0,
+        "occupancy": 0.3,
+        "headway": 3.0,
+        "congestion": 2,
+    }
+    window.update(values)
+    return tuple(window.values())
+
+
+def _summed(**values: Any) -> MetricsRow:
+    """The MetricsRow of the single window ``_stored(**values)``, as the grouping query would sum it."""
+    (camera_id, lane, zone, start_us, n, counts, mean, p85, occupancy, headway, congestion) = _stored(
+        **values
+    )
+    return _row(
+        camera_id=camera_id,
+        lane=lane,
+        zone=zone,
+        bucket_start=datetime.fromtimestamp(start_us / 1_000_000, UTC),
+        vehicle_count=n,
+        counts_by_class=dict(json.loads(counts)) if counts else {},
+        speed_sum=(mean or 0.0) * n,
+        speed_weight=n if mean is not None else 0,
+        p85_sum=(p85 or 0.0) * n,
+        p85_weight=n if p85 is not None else 0,
+        p85_single=p85,
+        occupancy_sum=occupancy or 0.0,
+        occupancy_n=int(occupancy is not None),
+        headway_sum=(headway or 0.0) * n,
+        headway_weight=n if headway is not None else 0,
+        congestion_max=congestion,
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"lane": "", "zone": "z1"},
+        {"vehicle_count": 0, "counts": None, "mean": None, "p85": None, "headway": None},
+        {"vehicle_count": 0, "counts": None, "mean": 40.0, "headway": 2.0},  # no vehicle: no mean
+        {"occupancy": None, "start_us": 1_772_438_400_000_000},
+    ],
+)
+@pytest.mark.parametrize(
+    ("fields", "classes"),
+    [(ALL, ()), (ALL, ("truck",)), (frozenset({_F.TRAFFIC_METRIC_FIELD_VEHICLE_COUNT}), ("car",))],
+)
+def test_a_stored_window_reads_as_the_bucket_its_sums_give(
+    values: dict[str, Any], fields: frozenset[int], classes: tuple[str, ...]
+) -> None:
+    shape = MetricBucketShape(10, fields, classes)
+    assert shape.window(_stored(**values)) == shape.bucket(_summed(**values))
