@@ -100,13 +100,19 @@ class FrameLimits:
 
 
 def check_frame(
-    frame: streaming_pb2.Frame, limits: FrameLimits, now_s: float, previous_capture_s: float | None
+    frame: streaming_pb2.Frame,
+    limits: FrameLimits,
+    now_s: float,
+    previous_capture_s: float | None,
+    *,
+    jpeg: bytes | None = None,
 ) -> JpegInfo | Rejection:
     """The frame's JPEG info when it passes every cheap check, else the first Rejection.
 
-    ``now_s`` and ``previous_capture_s`` are Unix times in seconds (the latter of the last accepted frame).
+    ``now_s`` and ``previous_capture_s`` are Unix times in seconds (the latter of the last accepted frame);
+    ``jpeg``: ``frame.jpeg`` when the caller has read it already (each read of the field copies it).
     """
-    data = frame.jpeg
+    data = frame.jpeg if jpeg is None else jpeg
     if not data:
         return Rejection(Reason.FRAME_REJECT_REASON_EMPTY_PAYLOAD, "the frame has no image bytes", "jpeg")
     if len(data) > limits.max_frame_bytes:

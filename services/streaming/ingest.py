@@ -4,9 +4,10 @@ Per stream, these owned parts run until the stream ends:
 - the pump reads requests into a small bounded inbox, so the reader sees which messages arrived together;
 - the reader takes them, runs the cheap frame checks and hands the records to the producer in sequence
   order (so Kafka acknowledges them in that order within the camera's partition): the accepted frames of
-  a batch, and single frames already waiting in the inbox, go as one ``publish_many`` (one span, one
-  send loop); a sampled frame is decoded in a worker thread meanwhile, and the records after it wait for
-  it in the publisher queue, published together there, so reading never waits for a decode;
+  a batch, and single frames already waiting in the inbox after one more loop turn, go as one
+  ``publish_many`` (one span, one send loop); a sampled frame is decoded in a worker thread meanwhile,
+  and the records after it wait for it in the publisher queue, published together there, so reading
+  never waits for a decode;
 - the settler waits for those acknowledgements, in order, and settles the frames in the window;
 - the writer (the handler itself) sends the acks the window says are due, after recording the new
   high-water mark in PostgreSQL, so a frame is acknowledged only once its event is in Kafka;
@@ -20,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -44,10 +45,12 @@ from mesh.interceptors import current_principal
 from mesh.status import StatusError, status_error
 from mesh.tasks import stop_task
 from services.streaming.detection import DEFAULT_DETECTION, DetectionSettings, MotionDetector, MovingObject
+from services.streaming.event_ids import uuid5_text
 from services.streaming.frames import FrameLimits, Rejection, check_frame
 from services.streaming.live_status import LEASE_S, REFRESH_S, LiveStatusStore, Renewal, offline_status
 from services.streaming.quality import (
     DEFAULT_THRESHOLDS,
+    MIN_SAMPLE_INTERVAL_S,
     SAMPLE_EVERY_FRAMES,
     Degraded,
     Measurement,
@@ -87,6 +90,9 @@ class IngestLimits:
     """How long online/offline events may take before they are given up (logged)."""
     quality_sample_every_frames: int = SAMPLE_EVERY_FRAMES
     """Every Nth accepted frame of a stream is decoded at reduced size for the image-quality checks."""
+    quality_min_sample_interval_s: float = MIN_SAMPLE_INTERVAL_S
+    """...but samples of a stream are at least this far apart (arrival time), so a camera sending a
+    backlog at thousands of frames/s is decoded no more often than a live one."""
     quality_thresholds: QualityThresholds = DEFAULT_THRESHOLDS
     """When a sampled frame counts as degraded, and the hysteresis of degraded/restored events."""
     detection: DetectionSettings = DEFAULT_DETECTION
@@ -100,9 +106,12 @@ INBOX_MESSAGES: Final = 64
 """Most stream messages read ahead of the one being handled (bounded: gRPC flow control holds the rest)."""
 
 
+_NAMESPACE_BYTES: Final = EVENT_NAMESPACE.bytes
+
+
 def detection_event_id(camera_id: str, sequence: int) -> str:
     """The event id of a frame: the same for every publication of (camera, sequence)."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{camera_id}/{sequence}"))
+    return uuid5_text(_NAMESPACE_BYTES, f"{camera_id}/{sequence}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +230,7 @@ class _Arrival:
     received_s: float
     """Unix time."""
     thumbnail: bool
+    jpeg_size_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +512,7 @@ class _Stream:
         self._opening = opening
         self._context = context
         self.stream_id = str(uuid.uuid4())
+        self._template = self._event_template(camera)
         self.open_time = datetime.fromtimestamp(ingest._wall_clock(), UTC)
         self.counters = FrameCounters()
         self._last_message_s: float | None = None
@@ -538,7 +549,11 @@ class _Stream:
         self.finished = asyncio.Event()
         self._next_thumbnail_at = float("-inf")
         self._thumbnailer: asyncio.Task[None] | None = None
-        self._quality = QualityTracker(limits.quality_thresholds, limits.quality_sample_every_frames)
+        self._quality = QualityTracker(
+            limits.quality_thresholds,
+            limits.quality_sample_every_frames,
+            limits.quality_min_sample_interval_s,
+        )
         self._last_quality: common_pb2.FrameQuality | None = None
         self._ack_latency = LatencyWindow()
         self._detector = None if camera.edge_detection else MotionDetector(limits.detection)
@@ -718,6 +733,7 @@ class _Stream:
         if camera.config_version != self._camera.config_version:
             # Frames read from now on are checked and described with the new configuration.
             self._camera = camera
+            self._template = self._event_template(camera)
             self._frame_limits = FrameLimits(
                 width_px=camera.resolution.width_px,
                 height_px=camera.resolution.height_px,
@@ -852,8 +868,12 @@ class _Stream:
         max_batch = self._limits.max_batch_frames
         try:
             while True:
-                if inbox.empty():
-                    await self._flush()  # nothing more waits: publish what arrived together
+                if inbox.empty() and self._run:
+                    # Let the loop run once before publishing: single frames already on their way are
+                    # read meanwhile and join the run (measured: a quarter less CPU per single frame).
+                    await asyncio.sleep(0)
+                    if inbox.empty():
+                        await self._flush()  # nothing more waits: publish what arrived together
                 request = await inbox.get()
                 if request is None:
                     await self._flush()
@@ -939,7 +959,8 @@ class _Stream:
             await self._flush()
             await self._then(self._reject(frame, rejection, in_window=False))
             return
-        checked = check_frame(frame, self._frame_limits, received_s, self._previous_capture_s)
+        jpeg = frame.jpeg  # reading the field copies the image: once per frame
+        checked = check_frame(frame, self._frame_limits, received_s, self._previous_capture_s, jpeg=jpeg)
         if isinstance(checked, Rejection):
             await self._flush()
             await self._then(self._reject(frame, checked, in_window=True))
@@ -947,8 +968,8 @@ class _Stream:
         capture_s = frame.capture_time.seconds + frame.capture_time.nanos / 1e9
         self._previous_capture_s = capture_s
         # Whether the frame is a thumbnail is decided here, in arrival order, whichever path it takes.
-        arrival = _Arrival(now, received_s, self._thumbnail_due(now))
-        if not self._quality.should_sample():
+        arrival = _Arrival(now, received_s, self._thumbnail_due(now), len(jpeg))
+        if not self._quality.should_sample(now):
             described = self._describe(frame, checked.width_px, checked.height_px, arrival, _NOT_SAMPLED)
             if self._jobs.empty() and not self._publishing:
                 self._run.append(described)
@@ -1054,6 +1075,17 @@ class _Stream:
         for described, acked in zip(run, acks, strict=True):
             put(described.pending(acked))
 
+    def _event_template(self, camera: common_pb2.Camera) -> events_pb2.CameraDetectionEvent:
+        """The fields every detection event of this stream shares under ``camera``'s configuration."""
+        return events_pb2.CameraDetectionEvent(
+            camera_id=camera.camera_id,
+            detection_source=common_pb2.DETECTION_SOURCE_NONE,
+            quality=_NOT_SAMPLED.quality,
+            camera_config_version=camera.config_version,
+            stream_id=self.stream_id,
+            instance_id=self._ingest._instance_id,
+        )
+
     def _describe(
         self,
         frame: streaming_pb2.Frame,
@@ -1063,28 +1095,25 @@ class _Stream:
         inspection: _Inspection,
     ) -> _Described:
         """The detection event of an accepted frame (and its thumbnail when one is due)."""
-        ingest, camera = self._ingest, self._camera
-        detections: Iterable[common_pb2.Detection]
+        event = events_pb2.CameraDetectionEvent()
+        event.CopyFrom(self._template)  # copying the shared fields costs half of setting them one by one
+        sequence = frame.sequence
+        event.event_id = detection_event_id(self._camera.camera_id, sequence)
+        event.sequence = sequence
+        event.capture_time.CopyFrom(frame.capture_time)
+        size = event.frame_size
+        size.width_px, size.height_px = width_px, height_px
+        event.jpeg_size_bytes = arrival.jpeg_size_bytes
         if frame.has_edge_detections:
-            detections, source = frame.detections, common_pb2.DETECTION_SOURCE_EDGE
+            event.detections.extend(frame.detections)
+            event.detection_source = common_pb2.DETECTION_SOURCE_EDGE
         elif inspection.detections is not None:
-            detections, source = inspection.detections, common_pb2.DETECTION_SOURCE_SERVER
-        else:
-            detections, source = frame.detections, common_pb2.DETECTION_SOURCE_NONE
-        event = events_pb2.CameraDetectionEvent(
-            event_id=detection_event_id(camera.camera_id, frame.sequence),
-            camera_id=camera.camera_id,
-            sequence=frame.sequence,
-            capture_time=frame.capture_time,
-            frame_size=common_pb2.ImageSize(width_px=width_px, height_px=height_px),
-            jpeg_size_bytes=len(frame.jpeg),
-            detections=detections,
-            detection_source=source,
-            quality=inspection.quality,
-            camera_config_version=camera.config_version,
-            stream_id=self.stream_id,
-            instance_id=ingest._instance_id,
-        )
+            event.detections.extend(inspection.detections)
+            event.detection_source = common_pb2.DETECTION_SOURCE_SERVER
+        elif frame.detections:
+            event.detections.extend(frame.detections)
+        if inspection is not _NOT_SAMPLED:
+            event.quality.CopyFrom(inspection.quality)
         event.receive_time.FromNanoseconds(int(arrival.received_s * 1e9))
         thumbnail = None
         if arrival.thumbnail:

@@ -21,6 +21,8 @@ GreyImage = NDArray[np.uint8]
 
 SAMPLE_EVERY_FRAMES: Final = 10
 """Every Nth accepted frame of a camera is decoded, the first one included (at 10 fps about one a second)."""
+MIN_SAMPLE_INTERVAL_S: Final = 0.2
+"""Samples of one camera are at least this far apart (at most 5 a second), however fast frames come."""
 
 _REDUCED_FLAGS: Final = {
     2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
@@ -156,12 +158,16 @@ class QualityTracker:
         self,
         thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
         sample_every_frames: int = SAMPLE_EVERY_FRAMES,
+        min_sample_interval_s: float = 0.0,
     ) -> None:
         if sample_every_frames < 1:
             raise ValueError("sample_every_frames must be at least 1")
         self.thresholds = thresholds
         self._sample_every = sample_every_frames
-        self._frames = 0
+        self._min_interval_s = min_sample_interval_s
+        self._countdown = 0
+        """Frames still to count before the next one is due (0: the next frame is)."""
+        self._next_allowed_s = float("-inf")
         self.previous: GreyImage | None = None
         """The last decoded sample, compared with the next one for frozen frames."""
         self.degraded = False
@@ -175,11 +181,21 @@ class QualityTracker:
         """The issues of the current degraded run; empty while the camera is not degraded."""
         return tuple(sorted(self._issues_seen)) if self.degraded else ()
 
-    def should_sample(self) -> bool:
-        """Count one accepted frame; True when it is to be decoded and measured."""
-        sample = self._frames % self._sample_every == 0
-        self._frames += 1
-        return sample
+    def should_sample(self, now_s: float = 0.0) -> bool:
+        """Count one accepted frame (arrived at ``now_s``); True when it is to be decoded and measured.
+
+        Every Nth frame is due; one due sooner than ``min_sample_interval_s`` after the last sample waits
+        for the first frame after it, so a burst (a backlog sent after a reconnect) costs no more decodes
+        per second than a live camera does.
+        """
+        if self._countdown > 0:
+            self._countdown -= 1
+            return False
+        if now_s < self._next_allowed_s:
+            return False
+        self._countdown = self._sample_every - 1
+        self._next_allowed_s = now_s + self._min_interval_s
+        return True
 
     def observe(self, measurement: Measurement, sequence: int, now_s: float) -> Transition | None:
         """Record one sample (``now_s``: its capture time in seconds); the state change it causes, if any."""

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -72,9 +73,17 @@ class Verdict(enum.Enum):
     ACCEPT = "accept"
     """New: check it and publish it."""
     DUPLICATE = "duplicate"
-    """Already settled (at or below the durable mark): acknowledge again, never republish."""
+    """Already settled (at or below the durable mark, and not skipped on this stream): acknowledge again,
+    never republish."""
     OUT_OF_ORDER = "out_of_order"
-    """Lower than a frame still in flight on this stream: reject it."""
+    """Lower than a frame received before it on this stream and not a copy of a settled one (a frame
+    still in flight, or one skipped and arriving late): reject it, never acknowledge it as delivered."""
+
+
+MAX_GAPS: Final = 256
+"""Most runs of skipped sequences a stream remembers; past that, the oldest runs are forgotten and every
+sequence up to the last forgotten one (above the stream's opening mark) counts as OUT_OF_ORDER, so a
+skipped frame is never acknowledged as delivered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,11 @@ class AckWindow:
     _reported_through: int = 0
     _reported_backpressure: bool = False
     _due_at: float | None = None
+    _opened_through: int = 0
+    _gap_lows: list[int] = field(default_factory=list)
+    _gap_highs: list[int] = field(default_factory=list)
+    """Runs of sequences skipped on this stream (lows ascending): never received, so never published."""
+    _forgotten_through: int = 0
 
     def _step(self, event: Event) -> None:
         try:
@@ -135,6 +149,7 @@ class AckWindow:
         """Start the stream from the camera's durable mark; returns the initial credit."""
         self._step(Event.OPEN)
         self.acked_through = self.received_through = self._reported_through = durable_through
+        self._opened_through = self._forgotten_through = durable_through
         self._credit = self.window
         return self.window
 
@@ -144,15 +159,33 @@ class AckWindow:
         if self._credit <= 0:
             raise CreditExceeded(f"frame {sequence} sent without credit")
         self._credit -= 1
-        if sequence <= self.acked_through:
+        if sequence <= self.acked_through and not self._skipped(sequence):
             self._duplicates.append(sequence)
             self._mark_due(now)
             return Verdict.DUPLICATE
         if sequence <= self.received_through:
             return Verdict.OUT_OF_ORDER  # the shell settles it as a rejection, without publishing
+        if sequence > self.received_through + 1:
+            self._remember_gap(self.received_through + 1, sequence - 1)
         self.received_through = sequence
         self._pending[sequence] = False
         return Verdict.ACCEPT
+
+    def _skipped(self, sequence: int) -> bool:
+        """True when ``sequence`` was skipped on this stream (or may have been: its run was forgotten)."""
+        if sequence <= self._opened_through:
+            return False  # settled before this stream, or skipped then: the durable mark cannot tell
+        if sequence <= self._forgotten_through:
+            return True
+        index = bisect.bisect_right(self._gap_lows, sequence) - 1
+        return index >= 0 and sequence <= self._gap_highs[index]
+
+    def _remember_gap(self, low: int, high: int) -> None:
+        if len(self._gap_lows) >= MAX_GAPS:
+            del self._gap_lows[0]
+            self._forgotten_through = self._gap_highs.pop(0)
+        self._gap_lows.append(low)
+        self._gap_highs.append(high)
 
     def reject_unpublished(self, sequence: int, reason: int, detail: str, now: float) -> None:
         """Report a frame that was never taken into the window (out of order) as rejected."""

@@ -28,6 +28,7 @@ LIMITS = IngestLimits(
     window_frames=32,
     config_check_s=1.0,
     quality_sample_every_frames=1,
+    quality_min_sample_interval_s=0.0,
     quality_thresholds=QualityThresholds(degrade_after_samples=2, restore_after_samples=2),
 )
 

@@ -21,7 +21,12 @@ BACKGROUND = cv2.GaussianBlur(
 @pytest.fixture(scope="module")
 async def host(infra):
     async with streaming_host(
-        infra, IngestLimits(window_frames=64, quality_sample_every_frames=2)
+        infra,
+        IngestLimits(
+            window_frames=64,
+            quality_sample_every_frames=2,
+            quality_min_sample_interval_s=0.0,
+        ),
     ) as running:
         yield running
 

@@ -172,6 +172,26 @@ async def test_size_age_order_and_detection_rejections_reach_the_dlq(host, kafka
     assert sorted(_sequences(accepted)) == [1, 7]
 
 
+async def test_a_skipped_frame_sent_after_its_successor_was_acked_is_out_of_order_not_a_duplicate(
+    host, kafka_bootstrap
+):
+    async with stub(host) as client:
+        camera_id = await _register(client)
+        cam = Camera(client, camera_id)
+        await cam.start()
+        await cam.send(frame(1), frame(3))
+        await cam.read_until(3)  # acked through 3, though 2 never arrived
+        await cam.send(frame(2), frame(4))
+        await cam.read_until(4)
+        await cam.close()
+    assert cam.rejections() == {2: common_pb2.FRAME_REJECT_REASON_SEQUENCE_OUT_OF_ORDER}
+    assert cam.duplicates() == []  # never acknowledged as delivered
+    letters = await records(kafka_bootstrap, CAMERA_DLQ_TOPIC, camera_id, lambda f: len(f) >= 1)
+    assert [events_pb2.DeadLetter.FromString(r.value).sequence for r in letters] == [2]
+    accepted = await records(kafka_bootstrap, CAMERA_DETECTIONS_TOPIC, camera_id, lambda f: len(f) >= 3)
+    assert sorted(_sequences(accepted)) == [1, 3, 4]
+
+
 async def test_frames_beyond_credit_end_the_stream_with_resource_exhausted(infra):
     # A window of 4 and one batch of 5 right after open: no credit can have come back in between.
     async with (

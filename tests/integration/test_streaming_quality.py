@@ -30,6 +30,7 @@ async def host(infra):
     limits = IngestLimits(
         window_frames=64,
         quality_sample_every_frames=2,
+        quality_min_sample_interval_s=0.0,
         quality_thresholds=QualityThresholds(degrade_after_samples=3, restore_after_samples=2),
     )
     async with streaming_host(infra, limits) as running:

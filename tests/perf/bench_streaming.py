@@ -2,11 +2,12 @@
 
 Every side sends the same ~30 KB 640x360 JPEG frames (really encoded by OpenCV) and counts a frame only when
 it is acknowledged: StreamFrames acks after the frame's event is in Kafka with acks=all (checks, event
-publish, Kafka ack, high-water mark in PostgreSQL, ack to the camera); the echo baseline is a bare grpc.aio
-server acking every frame at once; the Kafka baselines produce the frames (or their detection events)
-straight to a topic with aiokafka and await every acknowledgement. Ack latency is what the camera sees:
-from writing a frame to reading the first ack that covers it, measured at a steady LATENCY_FPS (at full
-speed it would only measure the queue of a full credit window).
+publish, Kafka ack, high-water mark in PostgreSQL, ack to the camera; the sampled quality decode runs on every
+10th frame but at most every 0.2 s per stream, so at these rates only a few frames are decoded); the echo
+baseline is a bare grpc.aio server acking every frame at once; the Kafka baselines produce the frames (or
+their detection events) straight to a topic with aiokafka and await every acknowledgement. Ack latency is what
+the camera sees: from writing a frame to reading the first ack that covers it, measured at a steady
+LATENCY_FPS (at full speed it would only measure the queue of a full credit window).
 
 2 vs 1 instance: four cameras stream at once (batches of 10) to one instance, then two to each of two;
 both instances run as their own processes against the same PostgreSQL, Redis and Kafka.

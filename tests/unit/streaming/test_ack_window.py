@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.streaming.window import (
+    MAX_GAPS,
     TRANSITIONS,
     AckWindow,
     CreditExceeded,
@@ -94,6 +95,28 @@ def test_a_sequence_below_one_in_flight_is_out_of_order_and_reported_as_rejected
     ack = w.take_ack(T0 + 1)
     assert ack is not None
     assert ack.rejections == ((4, 10, "sequence 4 is not above 5"),)
+
+
+def test_a_skipped_frame_arriving_after_its_successor_was_acked_is_out_of_order_not_a_duplicate():
+    w = opened(durable=3)
+    assert w.receive(5, T0) is Verdict.ACCEPT  # 4 skipped
+    w.settle(5, T0)
+    assert w.take_ack(T0 + 1) is not None
+    assert w.acked_through == 5
+    assert w.receive(4, T0 + 2) is Verdict.OUT_OF_ORDER  # never published: must not be acked
+    assert w.receive(5, T0 + 2) is Verdict.DUPLICATE  # a copy of a settled frame
+    assert w.receive(3, T0 + 2) is Verdict.DUPLICATE  # at or below the mark the stream opened from
+
+
+def test_forgotten_gaps_make_every_sequence_up_to_them_out_of_order():
+    w = opened(window=4 * MAX_GAPS, durable=0)
+    for sequence in range(2, 2 * MAX_GAPS + 6, 2):  # every odd one skipped: 2 runs more than remembered
+        assert w.receive(sequence, T0) is Verdict.ACCEPT
+        w.settle(sequence, T0)
+    assert w.receive(1, T0) is Verdict.OUT_OF_ORDER  # its run was forgotten
+    assert w.receive(2, T0) is Verdict.OUT_OF_ORDER  # below a forgotten run: never acked blindly
+    assert w.receive(2 * MAX_GAPS, T0) is Verdict.DUPLICATE  # still remembered as received
+    assert w.receive(2 * MAX_GAPS + 1, T0) is Verdict.OUT_OF_ORDER
 
 
 def test_rejections_settle_frames_and_are_reported_once():

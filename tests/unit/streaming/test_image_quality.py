@@ -114,6 +114,15 @@ def test_every_nth_frame_is_sampled_starting_with_the_first():
         QualityTracker(sample_every_frames=0)
 
 
+def test_samples_are_at_least_the_minimum_interval_apart_however_fast_frames_come():
+    tracker = QualityTracker(sample_every_frames=3, min_sample_interval_s=1.0)
+    burst = [tracker.should_sample(10.0 + i * 0.1) for i in range(25)]  # 10 frames/s: a sample per second
+    assert [i for i, sampled in enumerate(burst) if sampled] == [0, 10, 20]
+    slow = QualityTracker(sample_every_frames=3, min_sample_interval_s=1.0)
+    # At 1 frame/s the interval never holds a sample back: every 3rd frame, as without it.
+    assert [slow.should_sample(float(i)) for i in range(7)] == [True, False, False, True, False, False, True]
+
+
 def _measured(image: np.ndarray, tracker: QualityTracker) -> Measurement:
     measured = measure_jpeg(encode(image), tracker.previous, tracker.thresholds)
     assert measured is not None
