@@ -24,6 +24,7 @@ from infrastructure.embedded import InfraUrls
 from itsmesh.v1 import streaming_pb2, streaming_pb2_grpc
 from mesh.client import Attempt, ClientConfig, MeshClient, ServicePolicy
 from mesh.endpoints import Instance
+from mesh.host import settle_heap
 from mesh.interceptors import TracingSettings, client_interceptors, configure_tracing, server_interceptors
 from mesh.registry import Registration, Watcher, open_redis
 from tests.integration.mesh_instance import EchoStreaming
@@ -127,6 +128,7 @@ async def _throughput(quick: bool) -> list[BenchResult]:
             await raw.GetCamera(request)
             await meshed.GetCamera(request)
             await bare.GetCamera(request)
+            settle_heap()  # as ServiceHost.run does once a service process (a mesh client's home) is up
             # Alternate raw and mesh rounds so the machine's noise hits both alike; report medians. Many
             # short rounds pair up better than a few long ones when the load of the machine keeps moving,
             # and each round starts with a different contender, so none always runs first or last.
