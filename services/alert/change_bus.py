@@ -71,6 +71,9 @@ class ChangeBus:
                         pipe.publish(self.channel, item)
                     await pipe.execute()
                 failures = 0
+                # redis-py can swallow a cancel that races its own timeout (Python 3.11): a stop asked
+                # for during the write must still end this loop, not leave it waiting on the outbox
+                stop_if_cancelled()
             except _ERRORS as exc:
                 stop_if_cancelled()
                 failures += 1

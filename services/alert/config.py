@@ -38,3 +38,6 @@ class AlertSettings(AuthClientSettings):
     """Share alert changes with the other alert instances over Redis, so WatchAlerts sees all of them."""
     consume_camera_events: bool = True
     """Raise and resolve camera_offline / camera_quality_degraded alerts from camera.events.v1."""
+    console_url: str = Field(default="http://localhost:8080", pattern=r"^(https?://\S+)?$")
+    """Base URL of the operator console; notifications link to its alert feed (``<url>/#alerts``).
+    Empty = no link."""

@@ -1,5 +1,6 @@
 """The group flusher: sends each due alert group's batch as one notification (a delivery the delivery
-worker sends). ``grouping.flush`` decides; this adapter polls, or is woken when a group is due at once."""
+worker sends). ``grouping.flush`` decides; this adapter polls, or is woken when a group is due at once.
+(A group due the moment an alert joins it notifies where it is joined; this handles the timed ones.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from services.alert.group_store import GroupStore
+from services.alert.delivery import DeliverySink
+from services.alert.group_store import Flushed, FlushNow, GroupStore
 from services.alert.grouping import flush
 from services.alert.notifier import group_payload
 from services.alert.routing_source import Clock
@@ -19,12 +21,22 @@ BATCH = 32
 
 
 class GroupFlusher:
-    """Runs until cancelled; ``run_once`` flushes what is due now and says how many groups it looked at."""
+    """Runs until cancelled; ``run_once`` flushes what is due now and says how many groups it looked at.
 
-    def __init__(self, groups: GroupStore, clock: Clock, on_delivery: Callable[[], None]) -> None:
+    Notifications go to ``sink`` at once when there is one; otherwise ``on_delivery`` wakes the worker.
+    """
+
+    def __init__(
+        self,
+        groups: GroupStore,
+        clock: Clock,
+        on_delivery: Callable[[], None],
+        sink: DeliverySink | None = None,
+    ) -> None:
         self._groups = groups
         self._clock = clock
         self._on_delivery = on_delivery
+        self._sink = sink
 
     async def run(self, poll_interval_s: float, wakeup: Wakeup) -> None:
         """Flush forever; sleeps (until woken) only when nothing was due."""
@@ -45,18 +57,23 @@ class GroupFlusher:
         keys = await self._groups.due(now, BATCH)
         if not keys:
             return 0
-        results = await asyncio.gather(
-            *(
-                self._groups.flush(
-                    key, now, lambda state, timing, members: flush(state, timing, members, now), group_payload
-                )
-                for key in keys
-            ),
-            return_exceptions=True,
+        how = FlushNow(
+            lambda state, timing, members: flush(state, timing, members, now),
+            group_payload,
+            self._sink.lease_s if self._sink is not None else None,
         )
+        results = await asyncio.gather(
+            *(self._groups.flush(key, now, how) for key in keys), return_exceptions=True
+        )
+        flushed: list[Flushed] = []
         for key, result in zip(keys, results, strict=True):
-            if isinstance(result, Exception):  # that group stays due and is tried again next round
+            if isinstance(result, BaseException):  # that group stays due and is tried again next round
                 log.error("group flush failed", exc_info=result, extra={"group_key": key})
-        if any(r is not None and not isinstance(r, BaseException) for r in results):
+            elif result is not None:
+                flushed.append(result)
+        handed = [f.delivery for f in flushed if f.delivery is not None]
+        if handed and self._sink is not None:
+            self._sink.submit(handed)
+        if any(f.notified and f.delivery is None for f in flushed):
             self._on_delivery()
         return len(keys)

@@ -3,7 +3,7 @@
 Receiver settings (routing file, ``email:``): ``host``, ``port`` (default 587 with STARTTLS, 465 with TLS,
 else 25), ``starttls`` / ``tls`` (at most one), ``from``, ``to`` (an address or a list), ``username`` and
 ``password_env`` — the *name* of the environment variable holding the password, so the secret is never in
-the file, in GetRoutingConfig or in a log line — ``timeout`` and ``verify_certs``.
+the file, in GetRoutingConfig or in a log line — ``timeout``, ``verify_certs`` and ``max_alerts``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def _describe(alert: Mapping[str, Any]) -> str:
 def subject(payload: Mapping[str, Any]) -> str:
     """``[FIRING:2] camera_offline cam-1, camera_offline cam-2`` — the status, the count and the alerts."""
     alerts: Sequence[Mapping[str, Any]] = payload.get("alerts", [])
+    total = len(alerts) + int(payload.get("truncated_alerts", 0))  # those left out count too
     kind = str(payload.get("notification_type", "firing")).upper()
     named = ", ".join(_describe(a) for a in alerts[:MAX_SUBJECT_ALERTS])
-    more = f" and {len(alerts) - MAX_SUBJECT_ALERTS} more" if len(alerts) > MAX_SUBJECT_ALERTS else ""
-    return f"[{kind}:{len(alerts)}] {named}{more}"
+    shown = min(len(alerts), MAX_SUBJECT_ALERTS)
+    more = f" and {total - shown} more" if total > shown else ""
+    return f"[{kind}:{total}] {named}{more}"
 
 
 def body(payload: Mapping[str, Any]) -> str:
@@ -58,14 +60,20 @@ def body(payload: Mapping[str, Any]) -> str:
         f"Notification: {payload.get('notification_type', 'firing')}",
         f"Group: {payload.get('group_key', '')}",
         f"Notification id: {payload.get('notification_id', '')}",
-        "",
     ]
+    if payload.get("console_url"):
+        lines.append(f"Console: {payload['console_url']}")
+    lines.append("")
     for alert in payload.get("alerts", []):
         labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.get("labels", {}).items()))
         lines.append(f"- [{alert.get('status', '')}] {alert.get('severity', '')} {labels}")
         for key, value in sorted(alert.get("annotations", {}).items()):
             lines.append(f"    {key}: {value}")
         lines.append(f"    alert id: {alert.get('alert_id', '')}, seen {alert.get('occurrence_count', '1')}x")
+    if payload.get("truncated_alerts"):
+        lines.append(
+            f"... and {payload['truncated_alerts']} more alerts, not listed (the receiver's max_alerts)"
+        )
     return "\n".join(lines) + "\n"
 
 

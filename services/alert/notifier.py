@@ -9,6 +9,7 @@ rechecked (``recheck``) until that ends, then notified.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,16 +17,19 @@ from typing import Any
 from google.protobuf import json_format
 
 from itsmesh.v1 import alert_pb2, common_pb2
+from services.alert.delivery import DeliverySink
 from services.alert.dispatch import Plan, plan
-from services.alert.group_store import GroupStore
-from services.alert.grouping import on_alert
+from services.alert.fingerprint import fingerprint
+from services.alert.group_store import FlushNow, GroupStore, Joined, new_group
+from services.alert.grouping import flush, on_alert
 from services.alert.inhibition import FiringAlert
 from services.alert.routing import RoutingConfig
 from services.alert.routing_source import RoutingSource
-from services.alert.store import AlertStore, DeliveryStore
+from services.alert.store import AlertStore, DeliveryStore, NewGroup, RaiseInput
 
 SEVERITY_NAMES = {1: "info", 2: "low", 3: "medium", 4: "high", 5: "critical"}
 RECHECK_BATCH = 500
+OPEN_HINTS = 10_000
 
 
 def alert_payload(alert: alert_pb2.Alert) -> dict[str, Any]:
@@ -63,7 +67,11 @@ def _matcher_labels(alert: alert_pb2.Alert) -> dict[str, str]:
 
 
 class Notifier:
-    """Joins alerts to their groups and creates direct deliveries; ``wake_*`` nudge the workers."""
+    """Joins alerts to their groups and creates direct deliveries; ``wake_*`` nudge the workers.
+
+    A group due at once notifies as the alert joins; with a ``sink`` (the running delivery worker) that
+    notification is handed to it directly, leased to this instance, instead of waiting for a claim round.
+    """
 
     def __init__(
         self,
@@ -81,15 +89,90 @@ class Notifier:
         self._routing = routing
         self._wake_groups = wake_groups
         self._wake_deliveries = wake_deliveries
+        self.sink: DeliverySink | None = None
+        # Fingerprints this instance saw open lately: a raise of one is most likely a repeat, so planning
+        # its first group would be wasted work. Only a hint: a wrong guess costs a round trip, not a notice.
+        self._open: OrderedDict[str, None] = OrderedDict()
 
-    async def on_change(self, alert: alert_pb2.Alert, *, resolved: bool, now: datetime) -> None:
+    def seen_open(self, alert: alert_pb2.Alert) -> None:
+        """``alert`` was raised and is open: its next raise is most likely a repeat."""
+        self._open[alert.fingerprint] = None
+        self._open.move_to_end(alert.fingerprint)
+        if len(self._open) > OPEN_HINTS:
+            self._open.popitem(last=False)
+
+    def seen_resolved(self, alert: alert_pb2.Alert) -> None:
+        """``alert`` resolved: a raise of its fingerprint opens a new alert."""
+        self._open.pop(alert.fingerprint, None)
+
+    def _flush_now(self, now: datetime) -> FlushNow:
+        return FlushNow(
+            lambda state, timing, members: flush(state, timing, members, now),
+            group_payload,
+            self.sink.lease_s if self.sink is not None else None,
+        )
+
+    def first_group(self, raised: RaiseInput, alert_id: uuid.UUID, now: datetime) -> NewGroup | None:
+        """The group a raise would create and notify if it creates a new alert that no silence holds back,
+        planned before the raise so that one statement does both. None when the plan needs the database
+        first (inhibition rules, more than one route, an escalation policy, a mute, an ended condition)."""
+        loaded = self._routing.loaded
+        if loaded is None or loaded.config.inhibit_rules:
+            return None
+        if raised.end_time is not None and raised.end_time <= now:
+            return None
+        fingerprinted = fingerprint(raised.labels)
+        if fingerprinted in self._open:
+            return None
+        alert = alert_pb2.Alert(
+            alert_id=str(alert_id),
+            fingerprint=fingerprinted,
+            labels=raised.labels,
+            annotations=raised.annotations,
+            severity=raised.severity,  # type: ignore[arg-type]
+            status=common_pb2.ALERT_STATUS_FIRING,
+            occurrence_count=1,
+        )
+        alert.first_seen_time.FromDatetime(raised.start_time or now)
+        alert.last_seen_time.FromDatetime(now)
+        decided = self._plan(loaded.config, alert, [], now, escalate=True)
+        if decided.suppressed or len(decided.groups) != 1 or decided.deliveries or decided.escalation_policy:
+            return None
+        return new_group(
+            decided.groups[0],
+            alert,
+            now,
+            lambda state, timing: on_alert(state, timing, now),
+            self._flush_now(now),
+        )
+
+    def first_group_created(self, group: NewGroup, now: datetime) -> None:
+        """The raise created ``group`` (from ``first_group``): send its notification."""
+        joined = Joined()
+        joined.add(group.next_notify, group.delivery_id is not None, group.handed)
+        self._joined(joined, now)
+
+    def _joined(self, joined: Joined, now: datetime) -> None:
+        """Send what the groups notified at once; wake the workers for what is left to them."""
+        if joined.deliveries and self.sink is not None:
+            self.sink.submit(joined.deliveries)
+        if joined.unclaimed:
+            self._wake_deliveries()
+        if joined.soonest is not None and joined.soonest <= now:
+            self._wake_groups()
+
+    async def on_change(
+        self, alert: alert_pb2.Alert, *, resolved: bool, now: datetime, group_exists: bool = False
+    ) -> None:
         """A new alert fired, or an alert resolved (its groups tell the resolution in their next batch)."""
         if resolved:
-            soonest = await self._groups.changed(
-                uuid.UUID(alert.alert_id), now, lambda state, timing: on_alert(state, timing, now)
+            joined = await self._groups.changed(
+                uuid.UUID(alert.alert_id),
+                now,
+                lambda state, timing: on_alert(state, timing, now),
+                self._flush_now(now),
             )
-            if soonest is not None and soonest <= now:
-                self._wake_groups()
+            self._joined(joined, now)
             return
         loaded = self._routing.loaded
         if loaded is None:
@@ -101,7 +184,7 @@ class Notifier:
                 uuid.UUID(alert.alert_id), decided.inhibited_by, decided.muted, pending=True
             )
             _show_suppression(alert, decided, updated)
-        await self._notify(alert, decided, now)
+        await self._notify(alert, decided, now, likely_new=not group_exists)
 
     async def recheck(self, now: datetime) -> list[alert_pb2.Alert]:
         """Notify the held-back firing alerts whose silence, inhibition or mute interval has ended.
@@ -159,18 +242,21 @@ class Notifier:
             escalate=escalate,
         )
 
-    async def _notify(self, alert: alert_pb2.Alert, decided: Plan, now: datetime) -> None:
+    async def _notify(
+        self, alert: alert_pb2.Alert, decided: Plan, now: datetime, *, likely_new: bool = True
+    ) -> None:
         alert_id = uuid.UUID(alert.alert_id)
         if decided.groups:
-            soonest = await self._groups.join(
+            joined = await self._groups.join(
                 decided.groups,
-                alert_id,
+                alert,
                 now,
                 lambda state, timing: on_alert(state, timing, now),
                 decided.group_key,
+                self._flush_now(now),
+                likely_new=likely_new,
             )
-            if soonest is not None and soonest <= now:
-                self._wake_groups()
+            self._joined(joined, now)
         if decided.deliveries or decided.escalation_policy:
             payloads = [
                 {

@@ -95,6 +95,11 @@ class Receiver:
                 return ", ".join(value) if isinstance(value, list) else str(value)
         return ""
 
+    @property
+    def max_alerts(self) -> int:
+        """Most alerts one notification carries (the rest are counted in ``truncated_alerts``); 0 = all."""
+        return int(self.settings.get("max_alerts", 0))
+
 
 @dataclass(frozen=True, slots=True)
 class InhibitRule:
@@ -344,12 +349,15 @@ class _Parser:
             self.fail(f"{where}.url", "must be an http:// or https:// URL")
         if "timeout" in settings:
             self.duration(settings, "timeout", where, 0)
+        limit = settings.get("max_alerts", 0)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            self.fail(f"{where}.max_alerts", "must be a whole number ≥ 0 (0 = no limit)")
         if kind == "email":
             self.email_settings(settings, where)
 
     def email_settings(self, settings: Mapping[str, Any], where: str) -> None:
         allowed = {"host", "port", "starttls", "tls", "from", "to", "username", "password_env"}
-        self.keys(settings, where, allowed | {"timeout", "verify_certs", "password"})
+        self.keys(settings, where, allowed | {"timeout", "verify_certs", "password", "max_alerts"})
         if "password" in settings:
             self.fail(
                 f"{where}.password",

@@ -1,8 +1,10 @@
 """Sending one notification to one receiver (webhook, Slack-compatible webhook, email, Kafka topic).
 
 Each sender returns an ``AttemptResult`` instead of raising, so the delivery worker records every
-attempt the same way. The webhook body is signed: ``X-Itsmesh-Signature: sha256=<hex>`` is the
-HMAC-SHA256, keyed with the receiver's ``secret``, of ``<X-Itsmesh-Timestamp>.<body>``.
+attempt the same way. What is stored is the whole group's notification; each receiver gets it
+``prepared``: at most its ``max_alerts`` alerts with the rest counted in ``truncated_alerts``, and the
+console link. The webhook body is signed: ``X-Itsmesh-Signature: sha256=<hex>`` is the HMAC-SHA256,
+keyed with the receiver's ``secret``, of ``<X-Itsmesh-Timestamp>.<body>``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiosmtplib
-import httpx
 from google.protobuf import json_format
 
 from itsmesh.v1 import events_pb2
 from mesh.events import ALERT_NOTIFICATIONS_TOPIC, EventPublisher, PublishError
+from services.alert.http_post import HttpError, HttpPoster
 from services.alert.mailer import MissingPassword, send_email, timeout_s
 from services.alert.routing import Receiver, parse_duration
 
@@ -49,6 +51,24 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+def console_link(console_url: str) -> str:
+    """Where a notification points operators: the console's alert feed (empty without a console URL)."""
+    return f"{console_url.rstrip('/')}/#alerts" if console_url else ""
+
+
+def prepared(payload: Mapping[str, Any], max_alerts: int, console_url: str) -> dict[str, Any]:
+    """The payload as one receiver gets it: at most ``max_alerts`` alerts (0 = all) with the number left
+    out in ``truncated_alerts`` (as Alertmanager's webhook does), and the console link."""
+    alerts = list(payload.get("alerts", []))
+    kept = alerts[:max_alerts] if max_alerts > 0 else alerts
+    return {
+        **payload,
+        "alerts": kept,
+        "truncated_alerts": len(alerts) - len(kept),
+        "console_url": console_link(console_url),
+    }
+
+
 def slack_text(payload: Mapping[str, Any]) -> str:
     """A one-screen summary for a Slack-compatible incoming webhook."""
     kind = payload.get("notification_type", "firing").upper()
@@ -57,19 +77,25 @@ def slack_text(payload: Mapping[str, Any]) -> str:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.get("labels", {}).items()))
         summary = alert.get("annotations", {}).get("summary", "")
         lines.append(f"• {alert.get('severity', '')} {labels} {summary}".rstrip())
+    if payload.get("truncated_alerts"):
+        lines.append(f"… and {payload['truncated_alerts']} more")
+    if payload.get("console_url"):
+        lines.append(f"Console: {payload['console_url']}")
     return "\n".join(lines)
 
 
 class Senders:
     """Holds the HTTP client and the Kafka publisher the senders share."""
 
-    def __init__(self, http: httpx.AsyncClient, publisher: EventPublisher | None) -> None:
+    def __init__(self, http: HttpPoster, publisher: EventPublisher | None, console_url: str = "") -> None:
         self.http = http
         self.publisher = publisher
+        self.console_url = console_url
 
-    async def send(self, receiver: Receiver, payload: Mapping[str, Any]) -> AttemptResult:
-        """Deliver ``payload`` to ``receiver`` once."""
+    async def send(self, receiver: Receiver, stored: Mapping[str, Any]) -> AttemptResult:
+        """Deliver the stored notification ``stored`` to ``receiver`` once."""
         settings = receiver.settings
+        payload = prepared(stored, receiver.max_alerts, self.console_url)
         if receiver.type == "kafka":
             return await self._kafka(str(settings.get("topic", ALERT_NOTIFICATIONS_TOPIC)), payload)
         if receiver.type == "email":
@@ -89,20 +115,15 @@ class Senders:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> AttemptResult:
         try:
-            response = await self.http.post(url, content=body, headers=headers, timeout=timeout_s)
-        except httpx.TimeoutException as exc:
-            return AttemptResult(
-                OUTCOME_TIMEOUT, error=f"no answer within {timeout_s:g} s ({type(exc).__name__})"
-            )
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-            return AttemptResult(OUTCOME_UNREACHABLE, error=f"{type(exc).__name__}: {exc}")
-        except httpx.HTTPError as exc:
-            return AttemptResult(OUTCOME_ERROR, error=f"{type(exc).__name__}: {exc}")
-        if 200 <= response.status_code < 300:
-            return AttemptResult(OUTCOME_SUCCESS, response.status_code)
-        return AttemptResult(
-            OUTCOME_ERROR, response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
-        )
+            answer = await self.http.post(url, body, headers, timeout_s)
+        except TimeoutError:
+            return AttemptResult(OUTCOME_TIMEOUT, error=f"no answer within {timeout_s:g} s")
+        except HttpError as exc:
+            return AttemptResult(OUTCOME_UNREACHABLE if exc.unreachable else OUTCOME_ERROR, error=str(exc))
+        if 200 <= answer.status < 300:
+            return AttemptResult(OUTCOME_SUCCESS, answer.status)
+        text = answer.body[:200].decode("utf-8", errors="replace")
+        return AttemptResult(OUTCOME_ERROR, answer.status, f"HTTP {answer.status}: {text}")
 
     async def _email(self, settings: Mapping[str, Any], payload: Mapping[str, Any]) -> AttemptResult:
         try:

@@ -112,18 +112,30 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
     async def apply_raise(self, raised: RaiseInput) -> tuple[alert_pb2.Alert, int]:
         """Store a validated raise, tell watchers, and notify receivers of a new or resolved alert."""
         now = self.clock()
-        alert, outcome = await self._store().raise_alert(raised, now)
+        alert_id = uuid.uuid4()
+        first_group = self.notifier.first_group(raised, alert_id, now) if self.notifier is not None else None
+        alert, outcome, grouped = await self._store().raise_alert(
+            raised, now, alert_id=alert_id, first_group=first_group
+        )
+        if self.notifier is not None:
+            if outcome == alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED:
+                self.notifier.seen_resolved(alert)
+            elif outcome != alert_pb2.RAISE_ALERT_OUTCOME_REPLAYED:
+                self.notifier.seen_open(alert)
+        if grouped and first_group is not None and self.notifier is not None:
+            self.notifier.first_group_created(first_group, now)  # notified in the raise's own statement
+        elif outcome in (alert_pb2.RAISE_ALERT_OUTCOME_CREATED, alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED):
+            # notified first, so watchers see whether it fired inhibited or muted
+            resolved = outcome == alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED
+            # a new alert whose raise did not create its planned group: that group exists already
+            await self._notify(alert, resolved=resolved, now=now, group_exists=first_group is not None)
+            if resolved:
+                self.suppression_may_have_ended()  # it may have inhibited others
         change_types: dict[int, int] = {
             alert_pb2.RAISE_ALERT_OUTCOME_CREATED: alert_pb2.ALERT_CHANGE_TYPE_CREATED,
             alert_pb2.RAISE_ALERT_OUTCOME_DEDUPLICATED: alert_pb2.ALERT_CHANGE_TYPE_REPEATED,
             alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED: alert_pb2.ALERT_CHANGE_TYPE_RESOLVED,
         }
-        if outcome in (alert_pb2.RAISE_ALERT_OUTCOME_CREATED, alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED):
-            # notified first, so watchers see whether it fired inhibited or muted
-            resolved = outcome == alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED
-            await self._notify(alert, resolved=resolved, now=now)
-            if resolved:
-                self.suppression_may_have_ended()  # it may have inhibited others
         if outcome in change_types:
             self._changed(change_types[outcome], alert, now)
         return alert, outcome
@@ -136,9 +148,11 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
         """Tell watchers that ``alert``'s inhibition or mute changed (e.g. it is notified after all)."""
         self._changed(alert_pb2.ALERT_CHANGE_TYPE_SUPPRESSION_CHANGED, alert, now)
 
-    async def _notify(self, alert: alert_pb2.Alert, *, resolved: bool, now: datetime) -> None:
+    async def _notify(
+        self, alert: alert_pb2.Alert, *, resolved: bool, now: datetime, group_exists: bool = False
+    ) -> None:
         if self.notifier is not None:
-            await self.notifier.on_change(alert, resolved=resolved, now=now)
+            await self.notifier.on_change(alert, resolved=resolved, now=now, group_exists=group_exists)
 
     # --- alerts ---------------------------------------------------------------------------------------
 
@@ -197,6 +211,8 @@ class AlertServicer(alert_pb2_grpc.AlertServiceServicer):
             now = self.clock()
             alert = await self._store().resolve(alert_id, _subject(), request.comment, now)
             if alert.resolve_time.ToDatetime(tzinfo=UTC) == now:  # resolved by this call
+                if self.notifier is not None:
+                    self.notifier.seen_resolved(alert)
                 await self._notify(alert, resolved=True, now=now)
                 self._changed(alert_pb2.ALERT_CHANGE_TYPE_RESOLVED, alert, now)
                 self.suppression_may_have_ended()  # it may have inhibited others
@@ -540,7 +556,7 @@ def _status_of(exc: BaseException) -> StatusError | None:
             f"silence {exc} has expired and cannot be updated; create a new one",
             reason="SILENCE_EXPIRED",
         )
-    if isinstance(exc, (asyncpg.PostgresConnectionError, OSError)):
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, OSError)):
         return status_error(
             grpc.StatusCode.UNAVAILABLE, "the database is unavailable", retry_delay_s=RETRY_DELAY_S
         )

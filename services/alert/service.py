@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import httpx
 
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc
 from mesh.events import EventPublisher, KafkaSettings, PublishError
 from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
+from mesh.pg_pool import keep_session
 from mesh.tokens import token_auth
 from services.alert.backoff import Backoff
 from services.alert.camera_consumer import consume_camera_events
@@ -30,6 +30,7 @@ from services.alert.delivery import MAX_IN_FLIGHT, DeliveryWorker
 from services.alert.escalator import Escalator
 from services.alert.flusher import GroupFlusher
 from services.alert.group_store import GroupStore
+from services.alert.http_post import http_poster
 from services.alert.notifier import Notifier
 from services.alert.routing import RoutingConfigError
 from services.alert.routing_source import RoutingSource
@@ -56,7 +57,7 @@ def build(
 
     @asynccontextmanager
     async def database(host: ServiceHost) -> AsyncIterator[asyncpg.Pool]:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, reset=keep_session)
         try:
             servicer.draining = host.draining
             servicer.store = AlertStore(pool)
@@ -103,10 +104,13 @@ def build(
             max_attempts=settings.delivery_max_attempts,
         )
         # as many connections as sends in flight: a burst must not time out waiting for the pool
-        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits) as http:
+        async with http_poster(MAX_IN_FLIGHT) as http:
             worker = DeliveryWorker(
-                servicer.deliveries, servicer.routing, Senders(http, publisher), backoff, clock
+                servicer.deliveries,
+                servicer.routing,
+                Senders(http, publisher, settings.console_url),
+                backoff,
+                clock,
             )
             # The broker may come up after us: connect in the background; until then a Kafka receiver's
             # attempts fail as UNREACHABLE and are retried with backoff like any other receiver.
@@ -116,7 +120,7 @@ def build(
             escalator = Escalator(
                 servicer.store, servicer.deliveries, servicer.routing, clock, servicer.escalated
             )
-            flusher = GroupFlusher(servicer.groups, clock, due_deliveries.ring)
+            flusher = GroupFlusher(servicer.groups, clock, due_deliveries.ring, worker)
             checker = SuppressionChecker(servicer.notifier, clock, servicer.suppression_changed)
             tasks = [
                 asyncio.create_task(_connect(publisher)),
@@ -134,9 +138,11 @@ def build(
                     settings.kafka_bootstrap_servers, servicer.apply_raise, clock
                 )
                 tasks.append(asyncio.create_task(consumer))
+            servicer.notifier.sink = worker  # notifications due at once go straight to the worker
             try:
                 yield worker
             finally:
+                servicer.notifier.sink = None
                 for task in tasks:
                     task.cancel()
                 for task in tasks:

@@ -201,11 +201,11 @@ _SILENCE_COLUMNS = (
 
 # Create or deduplicate, and record the client_alert_id, in one atomic statement. Outcome numbers:
 # 1 = RAISE_ALERT_OUTCOME_CREATED, 2 = DEDUPLICATED.
-_UPSERT_AND_RECORD = (
-    "WITH up AS (INSERT INTO alert.alerts (alert_id, fingerprint, labels, annotations, severity, status,"  # noqa: S608  # fixed SQL fragments; values are $n parameters
+_UPSERT = (
+    "WITH up AS (INSERT INTO alert.alerts (alert_id, fingerprint, labels, annotations, severity, status,"
     " source, last_client_alert_id, first_seen_time, last_seen_time, ends_at, evidence,"
-    " created_at, updated_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $10, $10)"
+    " created_at, updated_at, group_key)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $10, $10, {group_key})"
     " ON CONFLICT (fingerprint) WHERE status <> 3 DO UPDATE SET"
     " occurrence_count = alerts.occurrence_count + 1,"
     " last_seen_time = greatest(alerts.last_seen_time, EXCLUDED.last_seen_time),"
@@ -217,7 +217,31 @@ _UPSERT_AND_RECORD = (
     " RETURNING alerts.*, (xmax = 0) AS created),"
     " rec AS (INSERT INTO alert.raises (client_alert_id, alert_id, outcome, raised_at)"
     " SELECT $8, up.alert_id, CASE WHEN up.created THEN 1 ELSE 2 END, $10 FROM up)"
-    f" SELECT {_alert_columns('$10')} FROM up a"
+)
+_UPSERT_AND_RECORD = (
+    _UPSERT.format(group_key="''") + f" SELECT {_alert_columns('$10')}, false AS joined FROM up a"  # noqa: S608  # fixed SQL fragments; values are $n parameters
+)
+# The same, and for a new alert that no silence holds back: its first group (which must not exist yet),
+# membership and notification — the whole way from a raise to a notification in one round trip.
+_UNSILENCED = (
+    "CASE WHEN NOT EXISTS (SELECT FROM alert.silences s WHERE s.start_time <= $10 AND s.end_time > $10"
+    " AND alert.labels_match(s.matchers, $3::jsonb || jsonb_build_object('severity',"
+    " alert.severity_name($5::smallint)))) THEN $13::text ELSE '' END"
+)
+_UPSERT_RECORD_AND_GROUP = (
+    _UPSERT.format(group_key=_UNSILENCED)  # noqa: S608  # fixed SQL fragments; values are $n parameters
+    + ", g AS (INSERT INTO alert.groups (group_key, receiver, receiver_type, group_labels,"
+    " last_notify_time, next_notify_time, changed, group_wait_s, group_interval_s, repeat_interval_s,"
+    " updated_at) SELECT $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $10 FROM up"
+    " WHERE up.created AND up.group_key = $13 ON CONFLICT (group_key) DO NOTHING RETURNING group_key),"
+    " m AS (INSERT INTO alert.group_members (group_key, alert_id, joined_at, notified)"
+    " SELECT g.group_key, $1, $10, $23 FROM g),"
+    " d AS (INSERT INTO alert.deliveries (delivery_id, alert_id, group_key, receiver, receiver_type,"
+    " notification_type, escalation_level, state, payload, next_attempt_time, created_at)"
+    " SELECT $24, $1, $13, $14, $15, $25, 0, 1, $26, $27, $10 FROM g WHERE $24::uuid IS NOT NULL),"
+    " da AS (INSERT INTO alert.delivery_alerts (delivery_id, alert_id)"
+    " SELECT $24, $1 FROM g WHERE $24::uuid IS NOT NULL)"
+    + f" SELECT {_alert_columns('$10')}, EXISTS (SELECT FROM g) AS joined FROM up a"  # noqa: S608  # fixed SQL fragments; values are $n parameters
 )
 
 _STATE_CONDITIONS = {
@@ -235,16 +259,26 @@ class AlertStore:
 
     # -- alerts ------------------------------------------------------------------------------------------
 
-    async def raise_alert(self, raised: RaiseInput, now: datetime) -> tuple[alert_pb2.Alert, int]:
-        """Create, deduplicate, resolve or replay; returns the alert and the RaiseAlertOutcome number.
+    async def raise_alert(
+        self,
+        raised: RaiseInput,
+        now: datetime,
+        *,
+        alert_id: uuid.UUID | None = None,
+        first_group: NewGroup | None = None,
+    ) -> tuple[alert_pb2.Alert, int, bool]:
+        """Create, deduplicate, resolve or replay; returns the alert, the RaiseAlertOutcome number and
+        whether ``first_group`` was created with it.
 
         Creating and deduplicating are one statement (upsert + record of the client_alert_id), so a raise
         costs one round trip; a replayed client_alert_id violates the raises key, which undoes the whole
-        statement, and the alert it raised before is returned unchanged.
+        statement, and the alert it raised before is returned unchanged. ``first_group`` (planned for a
+        new alert with id ``alert_id``) is created in the same statement when the raise creates the
+        alert, no active silence matches it and the group does not exist yet; otherwise nothing of it is.
         """
         ends_now = raised.end_time is not None and raised.end_time <= now
         args = (
-            uuid.uuid4(),
+            alert_id or uuid.uuid4(),
             fingerprint(raised.labels),
             json.dumps(dict(raised.labels)),
             json.dumps(dict(raised.annotations)),
@@ -261,25 +295,38 @@ class AlertStore:
             try:
                 if ends_now:
                     async with conn.transaction():
-                        alert_id = await self._raise_ended(conn, raised, now, args)
-                    return await self._get(conn, alert_id, now), alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED
-                row = await conn.fetchrow(_UPSERT_AND_RECORD, *args)
+                        ended_id = await self._raise_ended(conn, raised, now, args)
+                    return (
+                        await self._get(conn, ended_id, now),
+                        alert_pb2.RAISE_ALERT_OUTCOME_RESOLVED,
+                        False,
+                    )
+                if first_group is None:
+                    row = await conn.fetchrow(_UPSERT_AND_RECORD, *args)
+                else:
+                    row = await conn.fetchrow(
+                        _UPSERT_RECORD_AND_GROUP, *args, *first_group.args(), *first_group.outcome_args()
+                    )
                 assert row is not None  # an upsert always returns its row
                 created = row["created"]
-                return _alert(row), (
-                    alert_pb2.RAISE_ALERT_OUTCOME_CREATED
-                    if created
-                    else alert_pb2.RAISE_ALERT_OUTCOME_DEDUPLICATED
+                return (
+                    _alert(row),
+                    (
+                        alert_pb2.RAISE_ALERT_OUTCOME_CREATED
+                        if created
+                        else alert_pb2.RAISE_ALERT_OUTCOME_DEDUPLICATED
+                    ),
+                    row["joined"],
                 )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "raises_pkey":
                     raise
             except _Replayed:
                 pass
-            alert_id = await conn.fetchval(
+            replayed = await conn.fetchval(
                 "SELECT alert_id FROM alert.raises WHERE client_alert_id = $1", raised.client_alert_id
             )
-            return await self._get(conn, alert_id, now), alert_pb2.RAISE_ALERT_OUTCOME_REPLAYED
+            return await self._get(conn, replayed, now), alert_pb2.RAISE_ALERT_OUTCOME_REPLAYED, False
 
     async def _raise_ended(self, conn: Conn, raised: RaiseInput, now: datetime, args: tuple[Any, ...]) -> Any:
         """Resolve the open alert of the fingerprint (or record one that already ended); its id."""
@@ -604,6 +651,45 @@ class DueDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class NewGroup:
+    """An alert group created with one alert as its member, and its first notification when that goes
+    out at once (``delivery_id`` set; ``handed`` = it leased to the caller, who sends it)."""
+
+    columns: tuple[Any, ...]
+    """key, receiver, receiver type, labels (JSON), last and next notify, changed, the three timings"""
+    next_notify: datetime
+    notified: int
+    delivery_id: uuid.UUID | None
+    notification_type: int
+    payload: str | None  # JSON
+    next_attempt_time: datetime
+    handed: DueDelivery | None
+
+    def args(self) -> tuple[Any, ...]:
+        """The group's columns."""
+        return self.columns
+
+    def outcome_args(self) -> tuple[Any, ...]:
+        """What the member was told, and the notification: id, type, payload, first attempt time."""
+        return (self.notified, self.delivery_id, self.notification_type, self.payload, self.next_attempt_time)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at a delivery, and the state the delivery moves to."""
+
+    delivery_id: uuid.UUID
+    attempt_number: int
+    attempt_time: datetime
+    outcome: int
+    latency_ms: float
+    http_status_code: int
+    error: str
+    state: int
+    next_attempt_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryFilter:
     """Validated ListDeliveries / RetryFailedDeliveries filters."""
 
@@ -698,34 +784,35 @@ class DeliveryStore:
             for r in rows
         ]
 
-    async def record_attempt(
-        self,
-        delivery_id: uuid.UUID,
-        attempt_number: int,
-        attempt_time: datetime,
-        outcome: int,
-        latency_ms: float,
-        http_status_code: int,
-        error: str,
-        state: int,
-        next_attempt_time: datetime | None,
-    ) -> None:
-        """Store one attempt and the delivery's new state (finish_time set when final), in one statement."""
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Store attempts and their deliveries' new states (finish_time set when final), in one statement."""
         await self._pool.execute(
-            "WITH attempt AS (INSERT INTO alert.delivery_attempts (delivery_id, attempt_number, attempt_time,"
-            " outcome, latency_ms, http_status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7))"
-            " UPDATE alert.deliveries SET state = $8::smallint, next_attempt_time = $9,"
-            " finish_time = CASE WHEN $8::smallint IN (3, 4, 5) THEN $3::timestamptz END"
-            " WHERE delivery_id = $1",
-            delivery_id,
-            attempt_number,
-            attempt_time,
-            outcome,
-            latency_ms,
-            http_status_code,
-            error,
-            state,
-            next_attempt_time,
+            "WITH a AS (INSERT INTO alert.delivery_attempts (delivery_id, attempt_number, attempt_time,"
+            " outcome, latency_ms, http_status_code, error) SELECT * FROM unnest($1::uuid[], $2::int[],"
+            " $3::timestamptz[], $4::smallint[], $5::float8[], $6::int[], $7::text[]))"
+            " UPDATE alert.deliveries d SET state = u.state, next_attempt_time = u.next_attempt_time,"
+            " finish_time = CASE WHEN u.state IN (3, 4, 5) THEN u.attempt_time END"
+            " FROM unnest($1::uuid[], $8::smallint[], $9::timestamptz[], $3::timestamptz[])"
+            " AS u(delivery_id, state, next_attempt_time, attempt_time) WHERE d.delivery_id = u.delivery_id",
+            [a.delivery_id for a in attempts],
+            [a.attempt_number for a in attempts],
+            [a.attempt_time for a in attempts],
+            [a.outcome for a in attempts],
+            [a.latency_ms for a in attempts],
+            [a.http_status_code for a in attempts],
+            [a.error for a in attempts],
+            [a.state for a in attempts],
+            [a.next_attempt_time for a in attempts],
+        )
+
+    async def release(self, delivery_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        """Give up the lease of deliveries this instance will not send after all (it is stopping), so they
+        are due at once for whoever runs next instead of when the lease would have run out."""
+        await self._pool.execute(
+            "UPDATE alert.deliveries SET next_attempt_time = $2"
+            " WHERE delivery_id = ANY($1::uuid[]) AND state IN (1, 2)",
+            list(delivery_ids),
+            now,
         )
 
     def _where(self, where: DeliveryFilter, args: list[Any], time_column: str) -> str:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from itsmesh.v1 import streaming_pb2, streaming_pb2_grpc
 from mesh.events import EventPublisher, KafkaSettings, PublishError, ensure_topics
 from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
+from mesh.pg_pool import keep_session
 from mesh.tasks import stop_task
 from mesh.tokens import token_auth
 from services.streaming.config import StreamingSettings
@@ -36,12 +37,6 @@ from services.streaming.thumbnails import ThumbnailStore
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_S = 1.0
-
-
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    """Streaming keeps no session state (no LISTEN, SET or session-level advisory lock), so a connection
-    going back to the pool needs no reset query: asyncpg's default costs a round trip on every release,
-    one per frame acknowledgement (an open transaction is still rolled back before this runs)."""
 
 
 def build(
@@ -85,7 +80,7 @@ def build(
 
     @asynccontextmanager
     async def database(host: ServiceHost) -> AsyncIterator[asyncpg.Pool]:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, reset=_keep_session)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, reset=keep_session)
         try:
             store = CameraStore(pool)
             relay = OutboxRelay(Outbox(pool), publisher, relay_settings)

@@ -283,6 +283,11 @@ async def test_silenced_alerts_are_stored_but_not_notified(infra):
         await stub.CreateSilence(alert_pb2.CreateSilenceRequest(silence=silence))
         raised = await stub.RaiseAlert(raise_request(camera))
         assert raised.alert.silenced
+        assert raised.alert.group_key == ""  # it joined no group
+        groups = await stub.ListAlertGroups(
+            alert_pb2.ListAlertGroupsRequest(matchers=[camera_matcher(camera)])
+        )
+        assert list(groups.groups) == []
         await asyncio.sleep(0.3)
         assert hook.received == []
         assert await _deliveries(stub, raised.alert.alert_id) == []
@@ -405,3 +410,87 @@ async def test_an_offline_camera_inhibits_its_quality_alert_and_a_mute_interval_
         assert [a.alert_id for a in listed.alerts] == [offline.alert_id]
         notified = {r.json()["alerts"][0]["alert_id"] for r in hook.received}
         assert notified == {offline.alert_id, elsewhere.alert_id}
+
+
+async def test_max_alerts_sends_the_first_alerts_the_count_left_out_and_a_console_link(infra):
+    clock = MovableClock()
+    async with (
+        webhook_receiver() as hook,
+        alert_host(infra, clock, console_url="http://console.test:8080", **FAST) as host,
+        alert_stub(host) as stub,
+    ):
+        camera = new_camera()
+        config = {
+            "receivers": [{"name": "ops", "webhook": {"url": hook.url(), "max_alerts": 2}}],
+            "route": {
+                "receiver": "ops",
+                "group_wait": "30s",
+                "group_by": ["camera_id"],
+                "routes": [{"matchers": [f'camera_id="{camera}"'], "receiver": "ops"}],
+            },
+        }
+        await _apply(stub, json.dumps(config))
+        raised = [
+            (await stub.RaiseAlert(raise_request(camera, kind))).alert.alert_id
+            for kind in ("camera_offline", "speeding", "wrong_way")
+        ]
+        clock.advance(30)
+        [delivery] = await _settled(stub, raised[0])
+        assert delivery.state == alert_pb2.DELIVERY_STATE_SUCCEEDED
+        [request] = hook.received
+        body = request.json()
+        assert len(body["alerts"]) == 2
+        assert {a["alert_id"] for a in body["alerts"]} < set(raised)
+        assert body["truncated_alerts"] == 1
+        assert body["console_url"] == "http://console.test:8080/#alerts"
+
+
+async def test_a_send_cut_off_by_a_stop_is_sent_again_at_once_by_the_next_instance(infra, tmp_path):
+    clock = MovableClock()  # never moves: the retry must not wait for the send's 60 s lease to run out
+    routing = tmp_path / "routing.json"
+    async with webhook_receiver(delay_s=30.0) as hook:
+        routing.write_text(_routing([{"name": "ops", "webhook": {"url": hook.url()}}], [], "ops"))
+        async with (
+            alert_host(infra, clock, routing_config_path=routing, **FAST) as host,
+            alert_stub(host) as stub,
+        ):
+            alert_id = (await stub.RaiseAlert(raise_request(new_camera()))).alert.alert_id
+            await asyncio.wait_for(hook.arrived.wait(), 5)  # the receiver has it and does not answer
+        hook.delay_s = 0.0
+        async with (
+            alert_host(infra, clock, routing_config_path=routing, **FAST) as host,
+            alert_stub(host) as stub,
+        ):
+            [delivery] = await _settled(stub, alert_id)
+        assert delivery.state == alert_pb2.DELIVERY_STATE_SUCCEEDED
+        assert len(delivery.attempts) == 1  # the cut-off send left no attempt behind: it was not answered
+        assert len(hook.received) == 2
+        assert hook.received[0].json()["notification_id"] == hook.received[1].json()["notification_id"]
+
+
+async def test_an_alert_resolved_on_another_instance_is_notified_when_it_fires_again(infra):
+    clock = MovableClock()
+    async with (
+        webhook_receiver() as hook,
+        alert_host(infra, clock, **FAST) as first,
+        alert_host(infra, clock, **FAST) as second,
+        alert_stub(first) as stub,
+        alert_stub(second) as other,
+    ):
+        config = _routing([{"name": "ops", "webhook": {"url": hook.url()}}], [], "ops")
+        await _apply(stub, config)
+        await _apply(other, config)
+        camera = new_camera()
+        fired = (await stub.RaiseAlert(raise_request(camera))).alert
+        assert fired.group_key
+        await other.ResolveAlert(alert_pb2.ResolveAlertRequest(alert_id=fired.alert_id))
+        # the first instance last saw this fingerprint open; the raise still creates and notifies a new one
+        again = await stub.RaiseAlert(raise_request(camera))
+        assert again.outcome == alert_pb2.RAISE_ALERT_OUTCOME_CREATED
+        assert again.alert.alert_id != fired.alert_id
+        clock.advance(60)  # the group's group_interval after its first notification
+
+        async def notified_again():
+            return [r for r in hook.received if r.json()["alerts"][0]["alert_id"] == again.alert.alert_id]
+
+        await _until(notified_again)

@@ -2,9 +2,10 @@
 
 - RaiseAlert on the dedup path (gRPC → validation → one statement) versus a raw asyncpg upsert.
 - RaiseAlert → webhook received, end to end, at a steady 200 alerts/s with no group wait (each alert its
-  own group): p50/p99 latency and the delivered rate, versus a bare HTTP POST to the same receiver at the
-  same pace (what the notification's last hop alone costs).
-- The grouping decision (an alert joining its group: one transaction) versus a raw asyncpg upsert.
+  own group): p50/p99 latency and the delivered rate, versus a bare HTTP POST (the service's own HTTP
+  client, kept-alive connections) to the same receiver at the same pace: what the last hop alone costs.
+  Both paths are warmed up for a second first (connections opened, statements prepared).
+- The grouping decision (an alert joining an existing group: one transaction) versus a raw asyncpg upsert.
 - Escalation timers: how late a tier's notification arrives after it is due (target ±1 s).
 """
 
@@ -19,7 +20,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 import grpc
-import httpx
 
 from infrastructure.embedded import InfraUrls
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc, common_pb2
@@ -29,6 +29,7 @@ from services.alert.dispatch import GroupJoin
 from services.alert.fingerprint import fingerprint
 from services.alert.group_store import GroupStore
 from services.alert.grouping import on_alert
+from services.alert.http_post import http_poster
 from services.alert.routing import Timing
 from services.alert.service import build
 from tests.integration.alert_receiver import WebhookReceiver, webhook_receiver
@@ -147,7 +148,7 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
     finally:
         await pool.close()
     worst_late, median_late = await _escalation_lateness(urls, 10 if quick else 30, run_id)
-    bare_post = "bare httpx POST to the same receiver, same pace"
+    bare_post = "bare POST, same HTTP client, same receiver and pace"
     extra = [
         BenchResult(
             name="alert_e2e_webhook_p50_ms_at_200rps",
@@ -179,7 +180,7 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
             unit="ms",
             baseline=group_raw_p99,
             baseline_name="raw asyncpg INSERT … ON CONFLICT",
-            target="p99 ≤ 5 ms (the grouping decision: an alert joins its group, one transaction)",
+            target="p99 ≤ 5 ms (the grouping decision: an alert joins its group)",
         ),
         BenchResult(
             name="alert_escalation_lateness_max_ms",
@@ -199,7 +200,7 @@ async def run(quick: bool, urls: InfraUrls) -> list[BenchResult]:
             unit="raises/s",
             baseline=median([r for r, _ in raw]),
             baseline_name="raw asyncpg INSERT … ON CONFLICT",
-            target="informational (a raise is 3 statements in a transaction + a re-read)",
+            target="informational (a raise is one statement: upsert + record of the client_alert_id)",
         ),
         BenchResult(
             name="alert_raise_dedup_p99_ms_saturated",
@@ -278,7 +279,7 @@ async def _end_to_end(urls: InfraUrls, seconds: float, run_id: str) -> dict[str,
         "raw_p99": [],
         "raw_rate": [],
     }
-    async with webhook_receiver() as hook, httpx.AsyncClient() as http:
+    async with webhook_receiver() as hook, http_poster() as http:
         host = ServiceHost(build(_settings(urls)))
         await host.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
@@ -290,13 +291,29 @@ async def _end_to_end(urls: InfraUrls, seconds: float, run_id: str) -> dict[str,
         }
         await stub.ReloadRoutingConfig(alert_pb2.ReloadRoutingConfigRequest(yaml=json.dumps(config)))
         try:
+            # Warm-up, not measured: one second at the same pace through both paths, so that neither
+            # round pays for opening its connections (PostgreSQL pool, HTTP) and preparing statements.
+            warm = int(E2E_RATE)
+            await _paced(warm, E2E_RATE, lambda i: http.post(hook.url("/raw"), b"{}", {}, 10.0))
+            await _paced(
+                warm,
+                E2E_RATE,
+                lambda i: stub.RaiseAlert(
+                    alert_pb2.RaiseAlertRequest(
+                        client_alert_id=uuid.uuid4().hex,
+                        labels={"kind": "bench_warm", "camera_id": f"warm-{run_id}-{i}"},
+                        severity=common_pb2.SEVERITY_HIGH,
+                    )
+                ),
+            )
+            await _arrivals(hook, lambda body: 0, 2 * warm)
             for round_no in range(2):
                 hook.received.clear()
 
                 async def post(i: int, round_no: int = round_no) -> object:
                     body = json.dumps({"i": i, "round": round_no, "alerts": [{"labels": {"kind": "bench"}}]})
                     return await http.post(
-                        hook.url("/raw"), content=body, headers={"Content-Type": "application/json"}
+                        hook.url("/raw"), body.encode(), {"Content-Type": "application/json"}, 10.0
                     )
 
                 raw_started = await _paced(count, E2E_RATE, post)
@@ -361,7 +378,10 @@ async def _grouping_decision(
         key = f"bench:{run_id}:{i % (FINGERPRINTS // 5)}"
         now = datetime.now(UTC)
         joined = GroupJoin("bench", 1, key, {"camera_id": key}, timing)
-        return await groups.join([joined], alert_ids[i], now, lambda state, t: on_alert(state, t, now), key)
+        alert = alert_pb2.Alert(alert_id=str(alert_ids[i]))
+        decide = lambda state, t: on_alert(state, t, now)  # noqa: E731
+        # as the service joins a group its raise found existing (the timed joins all are)
+        return await groups.join([joined], alert, now, decide, key, likely_new=False)
 
     async def upsert(i: int) -> object:
         values = {"kind": "bench_group", "camera_id": f"raw-{run_id}-{i}"}
