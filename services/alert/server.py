@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from itsmesh.v1 import alert_pb2, alert_pb2_grpc, common_pb2
 from mesh.interceptors import current_principal
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.status import StatusError, errors_as_status, raise_for_violations, status_error
 from services.alert.changes import ChangeFeed
 from services.alert.errors import AlertAlreadyResolved, AlertNotFound, SilenceExpired, SilenceNotFound
@@ -556,7 +556,7 @@ def _status_of(exc: BaseException) -> StatusError | None:
             f"silence {exc} has expired and cannot be updated; create a new one",
             reason="SILENCE_EXPIRED",
         )
-    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, OSError)):
+    if isinstance(exc, DATABASE_DOWN):
         return status_error(
             grpc.StatusCode.UNAVAILABLE, "the database is unavailable", retry_delay_s=RETRY_DELAY_S
         )

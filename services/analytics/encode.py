@@ -302,7 +302,9 @@ class MetricBucketShape:
     ) -> analytics_pb2.TrafficMetricBucket:
         """The bucket of one stored 10 s window, a ``queries.metric_windows`` row (WINDOW_COLUMNS): the
         values as stored, with what ``bucket`` would derive from their sums."""
-        camera_id, lane, zone, start_us, count, counts_text, mean, p85, occupancy, headway, congestion = record
+        camera_id, lane, zone, start_us, count, counts_text, mean, p85, occupancy, headway, congestion = (
+            record
+        )
         message = message if message is not None else analytics_pb2.TrafficMetricBucket()
         message.camera_id = camera_id
         if lane:

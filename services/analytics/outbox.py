@@ -22,6 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from itsmesh.v1 import alert_pb2
+from mesh.pg_pool import DATABASE_DOWN
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class OutboxRelay:
         while True:
             try:
                 sent = await self.relay_once()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, *DATABASE_DOWN) as exc:
                 log.warning("outbox relay cannot reach the database", extra={"error": str(exc)})
                 sent = 0
             if sent < self._batch_size:
@@ -172,6 +173,6 @@ async def prune_forever(pool: asyncpg.Pool, keep_s: float, interval_s: float = 3
             events, sent = await prune(pool, keep_s)
             if events or sent:
                 log.info("pruned", extra={"processed_events": events, "outbox_rows": sent})
-        except (asyncpg.PostgresError, OSError) as exc:
+        except (asyncpg.PostgresError, *DATABASE_DOWN) as exc:
             log.warning("prune failed", extra={"error": str(exc)})
         await asyncio.sleep(interval_s)

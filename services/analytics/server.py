@@ -17,6 +17,7 @@ from google.protobuf import empty_pb2
 from shapely.geometry import Point, Polygon
 
 from itsmesh.v1 import analytics_pb2, analytics_pb2_grpc, common_pb2, events_pb2
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.status import StatusError, errors_as_status, raise_for_violations, status_error
 from services.analytics import geofences as geofence_rules
 from services.analytics import queries
@@ -53,7 +54,7 @@ def _errors(context: Context) -> errors_as_status:
 
 
 def _status_of(exc: BaseException) -> StatusError | None:
-    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, OSError)):
+    if isinstance(exc, DATABASE_DOWN):
         return status_error(
             grpc.StatusCode.UNAVAILABLE, "the analytics database is unreachable", retry_delay_s=1.0
         )

@@ -30,6 +30,7 @@ from mesh.events import (
     ensure_topics,
 )
 from mesh.host import GrpcService, Resource, ServiceHost, ServiceSpec
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.tokens import token_auth
 from services.analytics import geofences as geofence_rules
 from services.analytics.cameras import CameraConfigs
@@ -231,5 +232,5 @@ class _GeofenceReloader:
             self._poked.clear()
             try:
                 await self.reload()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, *DATABASE_DOWN) as exc:
                 log.warning("geofences not reloaded", extra={"error": str(exc)})

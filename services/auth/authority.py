@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mesh.credentials import credentials_path, read_credentials, write_credentials
 from mesh.interceptors import Principal, current_trace_ids
 from mesh.permissions import ROLE_PERMISSIONS, permissions_for
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.redis_connect import connect_redis
 from mesh.tokens import JwtAuthenticator, TokenRejected
 from services.auth import keys as signing_keys
@@ -196,7 +197,7 @@ class Authority:
             await asyncio.sleep(interval)
             try:
                 await self.maintain_signing_keys()
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            except (asyncpg.PostgresError, *DATABASE_DOWN, TimeoutError) as exc:
                 log.warning("signing key maintenance failed; retrying later", extra={"error": str(exc)})
             except Exception:
                 log.exception("signing key maintenance failed unexpectedly")

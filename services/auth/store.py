@@ -18,6 +18,7 @@ from typing import Any, Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from mesh.pg_pool import DATABASE_DOWN
 from services.auth.errors import AlreadyExists, InvalidArgument, Unavailable
 from services.auth.keys import KeyState, SigningKeyRecord
 from services.auth.model import (
@@ -62,8 +63,6 @@ _AUDIT_OLDEST_FIRST: Final = (
     + """ AND ($7::timestamptz IS NULL OR (event_time, audit_event_id) > ($7, $8::uuid))
     ORDER BY event_time, audit_event_id LIMIT $9"""
 )
-
-_DRIVER_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -215,7 +214,7 @@ class AuthStore:
         try:
             async with self._db.acquire() as conn, conn.transaction():
                 yield AuthStore(conn)
-        except _DRIVER_ERRORS as exc:
+        except DATABASE_DOWN as exc:
             raise Unavailable("the auth database is unreachable") from exc
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -223,7 +222,7 @@ class AuthStore:
             return await self._db.fetch(query, *args)
         except asyncpg.UniqueViolationError:
             raise
-        except _DRIVER_ERRORS as exc:
+        except DATABASE_DOWN as exc:
             raise Unavailable("the auth database is unreachable") from exc
 
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
@@ -233,7 +232,7 @@ class AuthStore:
     async def _execute(self, query: str, *args: Any) -> str:
         try:
             return await self._db.execute(query, *args)
-        except _DRIVER_ERRORS as exc:
+        except DATABASE_DOWN as exc:
             raise Unavailable("the auth database is unreachable") from exc
 
     # -- locks (inside a transaction) ------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from mesh.events import (
     PublishError,
 )
 from mesh.interceptors import current_principal
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.status import StatusError, status_error
 from mesh.tasks import stop_task
 from services.streaming.detection import DEFAULT_DETECTION, DetectionSettings, MotionDetector, MovingObject
@@ -718,7 +719,7 @@ class _Stream:
         except CameraNotFound:
             self.end(status_error(grpc.StatusCode.NOT_FOUND, f"camera {camera_id} was deleted"))
             return False
-        except (asyncpg.PostgresError, OSError) as exc:
+        except (asyncpg.PostgresError, *DATABASE_DOWN) as exc:
             log.warning("camera configuration not checked", extra={"camera_id": camera_id, "error": str(exc)})
             return True
         if camera.disabled:

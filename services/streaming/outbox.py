@@ -18,6 +18,7 @@ import asyncpg
 
 from itsmesh.v1 import events_pb2
 from mesh.events import EventPublisher, PublishError
+from mesh.pg_pool import DATABASE_DOWN
 from services.streaming.store import Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class OutboxRelay:
                 if loop.time() >= next_prune:
                     next_prune = loop.time() + settings.prune_every_s
                     await self._outbox.prune(settings.keep_published_s)
-            except (PublishError, TimeoutError, asyncpg.PostgresError, OSError) as exc:
+            except (PublishError, TimeoutError, asyncpg.PostgresError, *DATABASE_DOWN) as exc:
                 if not failing:  # once per outage
                     log.warning("outbox not relayed; retrying", extra={"error": str(exc)})
                 failing = True

@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import asyncpg
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 from redis.exceptions import RedisError
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 from itsmesh.v1 import common_pb2, streaming_pb2, streaming_pb2_grpc
 from mesh.events import PublishError
 from mesh.interceptors import current_principal
+from mesh.pg_pool import DATABASE_DOWN
 from mesh.status import (
     StatusError,
     abort_with,
@@ -354,7 +354,7 @@ class StreamingServicer(streaming_pb2_grpc.StreamingServiceServicer):
             await ingest.serve(request_iterator, context)
         except StatusError as error:
             await abort_with_error(context, error)
-        except (asyncpg.PostgresConnectionError, OSError):
+        except DATABASE_DOWN:
             await abort_with(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
@@ -409,7 +409,7 @@ def _status_of(exc: BaseException) -> StatusError | None:
         return status_error(
             grpc.StatusCode.UNAVAILABLE, f"Kafka is unavailable: {exc}", retry_delay_s=RETRY_DELAY_S
         )
-    if isinstance(exc, (asyncpg.PostgresConnectionError, OSError)):
+    if isinstance(exc, DATABASE_DOWN):
         return status_error(
             grpc.StatusCode.UNAVAILABLE, "the database is unavailable", retry_delay_s=RETRY_DELAY_S
         )

@@ -1,9 +1,10 @@
 """A whole itsmesh on private infrastructure, every service its own process, for fault and soak runs.
 
-PostgreSQL and the Kafka-protocol broker are embedded and private (a fresh database keeps the first admin,
-the signing keys and the consumer group to this system alone); Redis is a private valkey that can be
-stopped and started again on the same port. Services run as `python -m services.cli serve NAME` on fixed
-free ports, so a restarted process answers where the clients already point.
+PostgreSQL and the Kafka-protocol broker are embedded and private (so the first admin, the signing keys
+and the consumer group belong to this system alone); PostgreSQL and Redis (a private valkey) can be
+stopped and started again on the same port, PostgreSQL on the same data directory. Services run as
+`python -m services.cli serve NAME` on fixed free ports, so a restarted process answers where the clients
+already point; the console is one of them (HTTP).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,17 +29,20 @@ from infrastructure.embedded import EmbeddedInfra, free_ports
 from itsmesh.v1 import events_pb2
 from mesh.events import CAMERA_DETECTIONS_TOPIC, TELEMETRY_READINGS_TOPIC
 from mesh.migrations import apply_migrations
-from mesh.probe import probe_grpc
+from mesh.probe import probe_grpc, probe_http
 from services.simulator import driver
 from services.simulator.config import SimulatorSettings
 from services.simulator.driver import RunProgress, RunTarget, Simulation
 from services.simulator.plan import Plan, SimulationOptions, build_plan, truth_records
+from tests.e2e.fault_postgres import PrivatePostgres
 from tests.integration.private_valkey import PrivateValkey, free_port
 
-SERVICES = ("auth", "streaming", "analytics", "alert")
+SERVICES = ("auth", "streaming", "analytics", "alert", "console")
+HTTP_SERVICES = frozenset({"console"})
 ADMIN_PASSWORD = "fault-suite admin password"
 STARTUP_TIMEOUT_S = 90.0
 SETTLE_TIMEOUT_S = 60.0
+OUTBOX_BACKOFF_MAX_S = 2.0
 
 
 @dataclass
@@ -48,7 +50,8 @@ class ServiceProcess:
     """One `itsmesh serve NAME` child that can be killed and started again on the same port."""
 
     name: str
-    grpc_port: int
+    port: int
+    """Its gRPC port, or its HTTP port for the console."""
     env: dict[str, str]
     log_dir: Path
     proc: asyncio.subprocess.Process | None = None
@@ -56,7 +59,18 @@ class ServiceProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Base URL of an HTTP service."""
+        return f"http://{self.address}"
+
+    async def serving(self) -> bool:
+        """Whether it answers its health check now (gRPC health, the console's /healthz)."""
+        if self.name in HTTP_SERVICES:
+            return (await probe_http(f"{self.url}/healthz", timeout_s=1.0)).serving
+        return (await probe_grpc(self.address, timeout_s=1.0)).serving
 
     @property
     def pid(self) -> int:
@@ -86,7 +100,7 @@ class ServiceProcess:
         while time.monotonic() - started < timeout_s:
             if self.proc is not None and self.proc.returncode is not None:
                 break
-            if (await probe_grpc(self.address, timeout_s=1.0)).serving:
+            if await self.serving():
                 return time.monotonic() - started
             await asyncio.sleep(0.2)
         tail = (self.log_dir / f"{self.name}.log").read_text(errors="replace")[-3000:]
@@ -123,6 +137,7 @@ class FaultSystem:
     database_url: str
     kafka_bootstrap: str
     valkey: PrivateValkey
+    postgres: PrivatePostgres
     broker: EmbeddedInfra
     auth_http_port: int
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -146,6 +161,12 @@ class FaultSystem:
         await asyncio.sleep(down_s)
         await self.valkey.start()
 
+    async def restart_postgres(self, down_s: float) -> None:
+        """Stop PostgreSQL (fast shutdown), keep it down for `down_s`, start it again on the same data."""
+        await self.postgres.stop()
+        await asyncio.sleep(down_s)
+        await self.postgres.start()
+
     def simulator_settings(self) -> SimulatorSettings:
         return SimulatorSettings(
             streaming_address=self.services["streaming"].address,
@@ -157,19 +178,25 @@ class FaultSystem:
             admin_password=ADMIN_PASSWORD,
         )
 
-    def plan(self, duration_s: float, seed: int, cameras: int = 1, devices: int = 2) -> Plan:
-        """A load phase: cameras streaming frames with edge detections, devices signing telemetry."""
+    def plan(
+        self, duration_s: float, seed: int, cameras: int = 1, devices: int = 2, *, fps: float = 5.0
+    ) -> Plan:
+        """A load phase: cameras streaming frames with edge detections, devices signing telemetry.
+
+        Ids are made from `seed`, so each phase of one system needs its own seed. At 5 fps the tracker
+        may miss a vehicle occluded at the counting line; at 10 fps it counts the scenes exactly.
+        """
         options = SimulationOptions(
             cameras=cameras,
             devices=devices,
-            fps=5.0,
+            fps=fps,
             duration_s=duration_s,
             seed=seed,
             readings_per_second=2.0,
             width_px=640,
             height_px=360,
             vehicles_per_minute=60.0,
-            prefix=f"f{uuid.uuid4().hex[:6]}",
+            prefix=f"s{seed}",  # scenes follow the camera ids: the same seed, the same vehicles
         )
         return build_plan(options)
 
@@ -210,9 +237,10 @@ async def _start_services(system: FaultSystem, base_env: dict[str, str]) -> None
     log_dir = system.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in SERVICES:
-        system.services[name] = ServiceProcess(name, free_port(), base_env, log_dir)
-    for name, service in system.services.items():
-        service.env = {**base_env, f"ITSMESH_{name.upper()}_GRPC_PORT": str(service.grpc_port)}
+        port = free_port()
+        kind = "HTTP" if name in HTTP_SERVICES else "GRPC"
+        env = {**base_env, f"ITSMESH_{name.upper()}_{kind}_PORT": str(port)}
+        system.services[name] = ServiceProcess(name, port, env, log_dir)
     auth = system.services["auth"]
     await auth.start()  # the others read the credentials file auth provisions
     await auth.wait_serving()
@@ -234,9 +262,11 @@ def _base_env(system: FaultSystem, redis_url: str) -> dict[str, str]:
         ITSMESH_DATA_DIR=str(system.data_dir),
         ITSMESH_AUTH_URL=f"http://127.0.0.1:{system.auth_http_port}",
         ITSMESH_AUTH_HTTP_PORT=str(system.auth_http_port),
-        ITSMESH_AUTH_PROVISION_SERVICE_ACCOUNTS="streaming,analytics,alert",
+        ITSMESH_AUTH_PROVISION_SERVICE_ACCOUNTS=",".join(SERVICES[1:]),
         ITSMESH_AUTH_LOCKOUT_IP_THRESHOLD="10000",
         ITSMESH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        # The relay backs off up to this long while alert is down (default 30 s): a short outage here.
+        ITSMESH_ANALYTICS_OUTBOX_BACKOFF_MAX_S=str(OUTBOX_BACKOFF_MAX_S),
     )
     for name in SERVICES:
         prefix = f"ITSMESH_{name.upper()}_"
@@ -246,32 +276,13 @@ def _base_env(system: FaultSystem, redis_url: str) -> dict[str, str]:
     return env
 
 
-async def _fresh_database(server_url: str) -> str:
-    """A new, empty database on the server of `server_url`; its URL."""
-    name = f"faults_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-async def _drop_database(server_url: str, database_url: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        name = urlsplit(database_url).path.lstrip("/")
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @asynccontextmanager
-async def fault_system(data_dir: Path, server_url: str) -> AsyncIterator[FaultSystem]:
-    """A fresh database on the PostgreSQL at `server_url`, a private broker and Redis, the four services."""
+async def fault_system(data_dir: Path) -> AsyncIterator[FaultSystem]:
+    """A private PostgreSQL, broker and Redis, and the services, each its own process."""
     async with AsyncExitStack() as stack:
-        database_url = await _fresh_database(server_url)
-        stack.push_async_callback(_drop_database, server_url, database_url)
+        postgres = PrivatePostgres(data_dir / "postgres")
+        await postgres.start()
+        stack.push_async_callback(postgres.stop)
         valkey_dir = data_dir / "valkey"
         valkey_dir.mkdir(parents=True)
         valkey = PrivateValkey(valkey_dir)
@@ -280,7 +291,7 @@ async def fault_system(data_dir: Path, server_url: str) -> AsyncIterator[FaultSy
         broker = EmbeddedInfra(
             data_dir / "infra",
             ports=free_ports(),
-            env={"REDIS_URL": valkey.url, "DATABASE_URL": database_url},
+            env={"REDIS_URL": valkey.url, "DATABASE_URL": postgres.url},
         )
         urls = await stack.enter_async_context(broker)
         await apply_migrations(urls.database_url)
@@ -289,6 +300,7 @@ async def fault_system(data_dir: Path, server_url: str) -> AsyncIterator[FaultSy
             database_url=urls.database_url,
             kafka_bootstrap=urls.kafka_bootstrap_servers,
             valkey=valkey,
+            postgres=postgres,
             broker=broker,
             auth_http_port=free_port(),
         )
