@@ -191,6 +191,19 @@ def _due_at(now: datetime, lease_s: float | None) -> datetime:
     return now if lease_s is None else now + timedelta(seconds=lease_s)
 
 
+@dataclass(frozen=True, slots=True)
+class _JoinCall:
+    """What one ``join`` call brings to each group it joins."""
+
+    alert: alert_pb2.Alert
+    alert_id: uuid.UUID
+    now: datetime
+    decide: Join
+    primary_key: str
+    flush_now: FlushNow | None
+    joined: Joined
+
+
 class GroupStore:
     """Groups, their members and their notifications."""
 
@@ -216,61 +229,42 @@ class GroupStore:
         joined = Joined()
         pending = sorted(joins, key=lambda j: j.group_key)  # one lock order: no deadlocks
         exists: set[str] = set()
-        args = (alert, alert_id, now, decide, primary_key, flush_now, joined)
+        call = _JoinCall(alert, alert_id, now, decide, primary_key, flush_now, joined)
         async with self._pool.acquire() as conn:
             if len(pending) == 1 and likely_new:
-                if await self._join_new(conn, pending[0], *args):
+                if await self._join_new(conn, pending[0], call):
                     return joined
                 exists.add(pending[0].group_key)
             async with conn.transaction():
                 for join in pending:
                     new_first = likely_new and join.group_key not in exists
                     for _ in range(MAX_RETRIES):
-                        if new_first and await self._join_new(conn, join, *args):
+                        if new_first and await self._join_new(conn, join, call):
                             break
-                        if await self._join_existing(conn, join, *args[1:]):
+                        if await self._join_existing(conn, join, call):
                             break
                         new_first = True  # it ended meanwhile: create it again
                     else:
                         raise RuntimeError(f"group {join.group_key!r} kept ending while joining it")
         return joined
 
-    async def _join_new(
-        self,
-        conn: Conn,
-        join: GroupJoin,
-        alert: alert_pb2.Alert,
-        alert_id: uuid.UUID,
-        now: datetime,
-        decide: Join,
-        primary_key: str,
-        flush_now: FlushNow | None,
-        joined: Joined,
-    ) -> bool:
+    async def _join_new(self, conn: Conn, join: GroupJoin, call: _JoinCall) -> bool:
         """Create the group with the alert as its only member; False when it exists already."""
-        group = new_group(join, alert, now, decide, flush_now)
+        now = call.now
+        group = new_group(join, call.alert, now, call.decide, call.flush_now)
         if group is None:
             return False
         created = await conn.fetchval(
-            _NEW_GROUP, *group.args(), now, alert_id, primary_key, *group.outcome_args()
+            _NEW_GROUP, *group.args(), now, call.alert_id, call.primary_key, *group.outcome_args()
         )
         if not created:
             return False
-        joined.add(group.next_notify, group.delivery_id is not None, group.handed)
+        call.joined.add(group.next_notify, group.delivery_id is not None, group.handed)
         return True
 
-    async def _join_existing(
-        self,
-        conn: Conn,
-        join: GroupJoin,
-        alert_id: uuid.UUID,
-        now: datetime,
-        decide: Join,
-        primary_key: str,
-        flush_now: FlushNow | None,
-        joined: Joined,
-    ) -> bool:
+    async def _join_existing(self, conn: Conn, join: GroupJoin, call: _JoinCall) -> bool:
         """Join a group that exists (locked until the transaction ends); False when it is gone."""
+        now, decide, flush_now, joined = call.now, call.decide, call.flush_now, call.joined
         row = await conn.fetchrow(
             "SELECT next_notify_time, last_notify_time, changed FROM alert.groups"
             " WHERE group_key = $1 FOR UPDATE",
@@ -283,8 +277,8 @@ class GroupStore:
             _JOIN_EXISTING,
             *group_columns(join, state),
             now,
-            alert_id,
-            primary_key,
+            call.alert_id,
+            call.primary_key,
         )
         flushed = None
         if flush_now is not None and state.next_notify <= now:

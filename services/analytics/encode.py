@@ -302,9 +302,7 @@ class MetricBucketShape:
     ) -> analytics_pb2.TrafficMetricBucket:
         """The bucket of one stored 10 s window, a ``queries.metric_windows`` row (WINDOW_COLUMNS): the
         values as stored, with what ``bucket`` would derive from their sums."""
-        camera_id, lane, zone, start_us, count, counts_text, mean, p85, occupancy, headway, congestion = (
-            record
-        )
+        camera_id, lane, zone, start_us, count, counts_json, mean, p85, occupancy, headway, level = record
         message = message if message is not None else analytics_pb2.TrafficMetricBucket()
         message.camera_id = camera_id
         if lane:
@@ -318,7 +316,7 @@ class MetricBucketShape:
         if micros:
             stamp.nanos = micros * 1000
         message.bucket.seconds = self._bucket_s
-        counts = class_counts(counts_text) if counts_text and self._needs_classes else _NO_COUNTS
+        counts = class_counts(counts_json) if counts_json and self._needs_classes else _NO_COUNTS
         if self._count:
             if self._classes:
                 count = sum(counts.get(c, 0) for c in self._classes)
@@ -336,7 +334,7 @@ class MetricBucketShape:
         if self._headway and headway is not None and record[4]:
             message.mean_headway_s = headway
         if self._congestion:
-            message.congestion_level = congestion
+            message.congestion_level = level
         return message
 
     def _class_entries(self, counts: Mapping[str, int]) -> list[analytics_pb2.ClassCount]:
