@@ -512,6 +512,9 @@ class _Stream:
         self._camera = camera
         self._opening = opening
         self._context = context
+        # read once while the call is surely alive: the status task may still ask after the call ended,
+        # and grpc's peer() on a finished call can crash the process
+        self._peer = context.peer() or ""
         self.stream_id = str(uuid.uuid4())
         self._template = self._event_template(camera)
         self.open_time = datetime.fromtimestamp(ingest._wall_clock(), UTC)
@@ -565,7 +568,7 @@ class _Stream:
         return StreamSnapshot(
             stream_id=self.stream_id,
             camera_id=self._camera.camera_id,
-            peer=self._context.peer() or "",
+            peer=self._peer,
             client_version=self._opening.client_version,
             open_time=self.open_time,
             last_message_time=None
@@ -617,7 +620,7 @@ class _Stream:
             camera,
             online=events_pb2.CameraOnline(
                 stream_id=self.stream_id,
-                peer=self._context.peer() or "",
+                peer=self._peer,
                 acked_through_sequence=durable,
                 client_version=self._opening.client_version,
             ),
@@ -1201,7 +1204,7 @@ class _Stream:
             payload_truncated=len(payload) > limit,
             payload_size_bytes=len(payload),
             stream_id=self.stream_id,
-            peer=self._context.peer() or "",
+            peer=self._peer,
             instance_id=self._ingest._instance_id,
         )
         letter.reject_time.FromDatetime(datetime.now(UTC))
