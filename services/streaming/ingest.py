@@ -4,7 +4,7 @@ Per stream, these owned parts run until the stream ends:
 - the pump reads requests into a small bounded inbox, so the reader sees which messages arrived together;
 - the reader takes them, runs the cheap frame checks and hands the records to the producer in sequence
   order (so Kafka acknowledges them in that order within the camera's partition): the accepted frames of
-  a batch, and single frames already waiting in the inbox after one more loop turn, go as one
+  a batch, and single frames reaching the inbox within HOLD_TURNS more loop turns, go as one
   ``publish_many`` (one span, one send loop); a sampled frame is decoded in a worker thread meanwhile,
   and the records after it wait for it in the publisher queue, published together there, so reading
   never waits for a decode;
@@ -105,6 +105,13 @@ class IngestLimits:
 
 INBOX_MESSAGES: Final = 64
 """Most stream messages read ahead of the one being handled (bounded: gRPC flow control holds the rest)."""
+
+HOLD_TURNS: Final = 2
+"""Loop turns the reader waits for more messages before it publishes its run of accepted frames. A message
+takes two turns from grpc to the inbox (grpc's completion callback wakes the pump, which then queues it),
+so a one-turn wait just misses it; with two, the run grows under load (at most ``max_batch_frames``)
+instead of paying a Kafka send loop and span every two or three frames. An idle stream's frame waits
+only these turns."""
 
 
 _NAMESPACE_BYTES: Final = EVENT_NAMESPACE.bytes
@@ -872,12 +879,8 @@ class _Stream:
         max_batch = self._limits.max_batch_frames
         try:
             while True:
-                if inbox.empty() and self._run:
-                    # Let the loop run once before publishing: single frames already on their way are
-                    # read meanwhile and join the run (measured: a quarter less CPU per single frame).
-                    await asyncio.sleep(0)
-                    if inbox.empty():
-                        await self._flush()  # nothing more waits: publish what arrived together
+                if inbox.empty() and self._run and not await self._more_arrive(inbox):
+                    await self._flush()  # nothing more on its way: publish what arrived together
                 request = await inbox.get()
                 if request is None:
                     await self._flush()
@@ -918,6 +921,17 @@ class _Stream:
             await stop_task(pump)
             self._reader_done = True
             self._changed.set()
+
+    @staticmethod
+    async def _more_arrive(inbox: asyncio.Queue[Any]) -> bool:
+        """True once a message reaches the (empty) inbox within HOLD_TURNS loop turns: single frames
+        already on their way join the run (measured: about a third less CPU per single frame than
+        waiting one turn, ~210 instead of ~300 µs with the camera in the same process)."""
+        for _ in range(HOLD_TURNS):
+            await asyncio.sleep(0)
+            if not inbox.empty():
+                return True
+        return False
 
     async def _pump(
         self,
