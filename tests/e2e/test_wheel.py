@@ -23,6 +23,10 @@ def test_wheel_carries_importable_stubs_and_migrations(tmp_path: Path):
             "wheel",
             "--quiet",
             "--no-deps",
+            # The build's own dependencies pinned by the lock: an unpinned build takes the newest
+            # grpcio-tools, whose stubs refuse to import with the older grpcio the lock pins.
+            "--build-constraint",
+            str(ROOT / "requirements.lock"),
             "--wheel-dir",
             str(tmp_path),
             str(ROOT),
