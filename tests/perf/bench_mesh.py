@@ -305,30 +305,41 @@ async def _throughput(quick: bool) -> list[BenchResult]:
     return results
 
 
+async def _race_raw_and_mesh(
+    address: str,
+    quick: bool,
+    server: _EchoProcess | None,
+    tracer_provider: TracerProvider | None = None,
+) -> dict[str, _Rounds]:
+    """Alternating unary rounds of a raw channel and a mesh client (tracing and metrics on) to `address`."""
+    seconds, rounds = (0.5, 4) if quick else (1.0, 8)
+    request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
+    async with (
+        grpc.aio.insecure_channel(address) as raw_channel,
+        MeshClient.static(
+            {"streaming": [address]},
+            interceptors=client_interceptors("streaming", tracer_provider=tracer_provider),
+        ) as mesh,
+    ):
+        raw = streaming_pb2_grpc.StreamingServiceStub(raw_channel)
+        meshed = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
+        await raw.GetCamera(request)
+        await meshed.GetCamera(request)
+        settle_heap()
+        return await _alternate(
+            {"raw": lambda: raw.GetCamera(request), "mesh": lambda: meshed.GetCamera(request)},
+            rounds,
+            seconds,
+            server,
+        )
+
+
 async def _one_loop(quick: bool) -> list[BenchResult]:
     """The same unary race with the server in this process: one event loop pays for both ends of every
     call, so the mesh's client-side cost shows in full (a worst case, not how a mesh runs)."""
-    seconds, rounds = (0.5, 4) if quick else (1.0, 8)
     server, address = await _serve(EchoStreaming("a"))
-    request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
     try:
-        async with (
-            grpc.aio.insecure_channel(address) as raw_channel,
-            MeshClient.static(
-                {"streaming": [address]}, interceptors=client_interceptors("streaming")
-            ) as mesh,
-        ):
-            raw = streaming_pb2_grpc.StreamingServiceStub(raw_channel)
-            meshed = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
-            await raw.GetCamera(request)
-            await meshed.GetCamera(request)
-            settle_heap()
-            figures = await _alternate(
-                {"raw": lambda: raw.GetCamera(request), "mesh": lambda: meshed.GetCamera(request)},
-                rounds,
-                seconds,
-                None,
-            )
+        figures = await _race_raw_and_mesh(address, quick, None)
     finally:
         await server.stop(None)
     return [
@@ -350,31 +361,12 @@ async def _recording_spans(quick: bool) -> list[BenchResult]:
     traceparent is sent only when a sampled trace is already current). Here server and client record
     every span through an SDK provider with no exporter, so the figure is the cost of recording alone.
     """
-    seconds, rounds = (0.5, 6) if quick else (1.0, 12)
     provider = configure_tracing(
         "bench", "bench-1", settings=TracingSettings(otlp_endpoint=None), set_global=False
     )
     server = await _EchoProcess.start(record_spans=True)
-    request = streaming_pb2.GetCameraRequest(camera_id="cam-1")
     try:
-        async with (
-            grpc.aio.insecure_channel(server.address) as raw_channel,
-            MeshClient.static(
-                {"streaming": [server.address]},
-                interceptors=client_interceptors("streaming", tracer_provider=provider),
-            ) as mesh,
-        ):
-            raw = streaming_pb2_grpc.StreamingServiceStub(raw_channel)
-            meshed = mesh.stub("streaming", streaming_pb2_grpc.StreamingServiceStub)
-            await raw.GetCamera(request)
-            await meshed.GetCamera(request)
-            settle_heap()
-            figures = await _alternate(
-                {"raw": lambda: raw.GetCamera(request), "mesh": lambda: meshed.GetCamera(request)},
-                rounds,
-                seconds,
-                server,
-            )
+        figures = await _race_raw_and_mesh(server.address, quick, server, provider)
     finally:
         await server.stop()
     return [
